@@ -1,0 +1,3 @@
+module nbdkit-nbd-go-plugin
+
+go 1.22

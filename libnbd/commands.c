@@ -1,0 +1,303 @@
+/* Commands that many threads can run at once on one handle.
+ *
+ * libnbd's synchronous calls hold the handle's lock until the reply has
+ * come, so they run one at a time.  Here each thread issues its command
+ * with libnbd's aio call (which sends it at once) and then waits for the
+ * reply.  Waiting uses a leader/followers scheme instead of a reader
+ * thread: one waiting thread at a time (the leader) polls the socket and
+ * lets libnbd read replies, whichever commands they belong to; the others
+ * sleep on a futex in their own command until its completion callback
+ * marks it done.  When the leader's own command is done it hands the
+ * socket to a follower whose command is still pending.  A request thus
+ * costs no pipe write, no extra thread wake-up beyond telling its own
+ * thread it is done, and no lock held across I/O of ours.
+ *
+ * The command record lives on the waiting thread's stack: the thread
+ * does not return before libnbd has called the completion callback,
+ * which libnbd does exactly once for every command it accepted (with an
+ * error if the connection dies).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+
+#include "gonbd.h"
+
+/* Bits of struct gonbd_cmd.state, the futex word. */
+#define DONE     1u             /* completion callback ran */
+#define LEAD     2u             /* promoted: this thread polls next */
+#define SLEEPING 4u             /* the thread sleeps in futex_wait */
+
+struct gonbd_cmd {
+  _Atomic unsigned state;
+  int error;                    /* errno from the server, or 0 */
+  struct gonbd_cmd *next;       /* in gonbd.waiters, under gonbd.lock */
+  /* block status only */
+  const char *context;
+  uint32_t *entries;
+  size_t nr_entries;
+};
+
+static void
+futex_wait (_Atomic unsigned *word, unsigned val)
+{
+  syscall (SYS_futex, word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void
+futex_wake (_Atomic unsigned *word)
+{
+  syscall (SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Set bits in a command's state; wake its thread if it sleeps.  After
+ * DONE is set the record may vanish at any moment: a late futex_wake on
+ * its address is harmless (waits re-check their condition).
+ */
+static void
+signal_cmd (struct gonbd_cmd *c, unsigned bits)
+{
+  if (atomic_fetch_or (&c->state, bits) & SLEEPING)
+    futex_wake (&c->state);
+}
+
+static int
+on_complete (void *user_data, int *error)
+{
+  struct gonbd_cmd *c = user_data;
+
+  c->error = *error;
+  signal_cmd (c, DONE);
+  return 1;                     /* retire the command */
+}
+
+static int
+on_extent (void *user_data, const char *metacontext, uint64_t offset,
+           uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct gonbd_cmd *c = user_data;
+  uint32_t *p;
+
+  if (strcmp (metacontext, c->context) != 0)
+    return 0;
+  p = realloc (c->entries, (c->nr_entries + nr_entries) * sizeof *p);
+  if (p == NULL) {
+    *error = ENOMEM;
+    return -1;
+  }
+  memcpy (p + c->nr_entries, entries, nr_entries * sizeof *p);
+  c->entries = p;
+  c->nr_entries += nr_entries;
+  return 0;
+}
+
+/* Pass the leader's role to a thread whose command is still pending, or
+ * give it up if there is none.
+ */
+static void
+hand_off (struct gonbd *g)
+{
+  struct gonbd_cmd **pp, *c;
+
+  pthread_mutex_lock (&g->lock);
+  for (pp = &g->waiters; (c = *pp) != NULL; pp = &c->next) {
+    if (!(atomic_load (&c->state) & DONE)) {
+      *pp = c->next;
+      c->next = NULL;
+      signal_cmd (c, LEAD);
+      pthread_mutex_unlock (&g->lock);
+      return;
+    }
+  }
+  g->leader = 0;
+  pthread_mutex_unlock (&g->lock);
+}
+
+/* Poll the socket and let libnbd read and write until c is done. */
+static void
+lead (struct gonbd *g, struct gonbd_cmd *c)
+{
+  struct pollfd fds[2];
+  unsigned dir;
+  uint64_t n;
+
+  while (!(atomic_load (&c->state) & DONE)) {
+    fds[0].fd = nbd_aio_get_fd (g->nbd);
+    if (fds[0].fd == -1)
+      break;                    /* closed or dead: libnbd failed c */
+    dir = nbd_aio_get_direction (g->nbd);
+    fds[0].events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+                    ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+    fds[1].fd = g->wake_fd;
+    fds[1].events = POLLIN;
+    if (poll (fds, 2, -1) == -1) {
+      if (errno == EINTR)
+        continue;
+      break;
+    }
+    if (fds[1].revents & POLLIN) {
+      if (read (g->wake_fd, &n, sizeof n) == -1) { /* drained */ }
+    }
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      if (nbd_aio_notify_read (g->nbd) == -1 && nbd_aio_is_dead (g->nbd))
+        break;
+    }
+    else if (fds[0].revents & POLLOUT) {
+      if (nbd_aio_notify_write (g->nbd) == -1 && nbd_aio_is_dead (g->nbd))
+        break;
+    }
+  }
+  hand_off (g);
+}
+
+/* Wait until c is done, leading when no one else is. */
+static void
+wait_cmd (struct gonbd *g, struct gonbd_cmd *c)
+{
+  unsigned s;
+
+  pthread_mutex_lock (&g->lock);
+  if (atomic_load (&c->state) & DONE) {
+    pthread_mutex_unlock (&g->lock);
+    return;
+  }
+  if (!g->leader) {
+    g->leader = 1;
+    pthread_mutex_unlock (&g->lock);
+    lead (g, c);
+    return;
+  }
+  c->next = g->waiters;
+  g->waiters = c;
+  pthread_mutex_unlock (&g->lock);
+
+  for (;;) {
+    s = atomic_load (&c->state);
+    if (s & (DONE | LEAD))
+      break;
+    if (atomic_compare_exchange_weak (&c->state, &s, s | SLEEPING))
+      futex_wait (&c->state, s | SLEEPING);
+  }
+
+  if (s & LEAD) {               /* hand_off took c off the list */
+    lead (g, c);
+    return;
+  }
+  pthread_mutex_lock (&g->lock);
+  {
+    struct gonbd_cmd **pp;
+    for (pp = &g->waiters; *pp; pp = &(*pp)->next)
+      if (*pp == c) {
+        *pp = c->next;
+        break;
+      }
+  }
+  pthread_mutex_unlock (&g->lock);
+  /* hand_off may have chosen c between our wake-up and the lock. */
+  if (atomic_load (&c->state) & LEAD)
+    hand_off (g);
+}
+
+/* After issuing: if libnbd could not send everything at once it now
+ * waits to write, which a leader already in poll() does not know.
+ */
+static void
+kick_leader (struct gonbd *g)
+{
+  uint64_t one = 1;
+
+  if (nbd_aio_get_direction (g->nbd) & LIBNBD_AIO_DIRECTION_WRITE) {
+    if (write (g->wake_fd, &one, sizeof one) == -1) { /* already kicked */ }
+  }
+}
+
+static int
+finish (struct gonbd *g, struct gonbd_cmd *c, int64_t cookie,
+        struct gonbd_err *err)
+{
+  if (cookie == -1) {
+    gonbd_capture (err);
+    if (err->errnum == 0)
+      err->errnum = EIO;
+    return -1;
+  }
+  kick_leader (g);
+  wait_cmd (g, c);
+  if (!(atomic_load (&c->state) & DONE)) {
+    /* Only if poll itself failed; libnbd fails every command of a dead
+     * connection, so this is not expected.
+     */
+    err->msg = strdup ("lost track of the command");
+    err->errnum = EIO;
+    return -1;
+  }
+  if (c->error) {
+    err->errnum = c->error;
+    return -1;
+  }
+  return 0;
+}
+
+/* Returns the error by value (errnum 0: success), so that Go passes no
+ * pointer to it and nothing escapes to the heap per request.
+ */
+struct gonbd_err
+gonbd_command (struct gonbd *g, int op, void *buf, uint64_t count,
+               uint64_t offset, uint32_t flags)
+{
+  struct gonbd_err err = { .msg = NULL, .errnum = 0 };
+  struct gonbd_cmd c = { .state = 0 };
+  nbd_completion_callback cb = { .callback = on_complete, .user_data = &c };
+  int64_t cookie;
+
+  switch (op) {
+  case GONBD_PREAD:
+    cookie = nbd_aio_pread (g->nbd, buf, count, offset, cb, flags);
+    break;
+  case GONBD_PWRITE:
+    cookie = nbd_aio_pwrite (g->nbd, buf, count, offset, cb, flags);
+    break;
+  case GONBD_ZERO:
+    cookie = nbd_aio_zero (g->nbd, count, offset, cb, flags);
+    break;
+  case GONBD_TRIM:
+    cookie = nbd_aio_trim (g->nbd, count, offset, cb, flags);
+    break;
+  case GONBD_FLUSH:
+    cookie = nbd_aio_flush (g->nbd, cb, flags);
+    break;
+  case GONBD_CACHE:
+    cookie = nbd_aio_cache (g->nbd, count, offset, cb, flags);
+    break;
+  default:
+    err.errnum = EINVAL;
+    return err;
+  }
+  finish (g, &c, cookie, &err);
+  return err;
+}
+
+int
+gonbd_block_status (struct gonbd *g, const char *context,
+                    uint64_t count, uint64_t offset, uint32_t flags,
+                    uint32_t **entries, size_t *nr_entries,
+                    struct gonbd_err *err)
+{
+  struct gonbd_cmd c = { .state = 0, .context = context };
+  int64_t cookie;
+  int r;
+
+  cookie = nbd_aio_block_status (g->nbd, count, offset,
+      (nbd_extent_callback) { .callback = on_extent, .user_data = &c },
+      (nbd_completion_callback) { .callback = on_complete, .user_data = &c },
+      flags);
+  r = finish (g, &c, cookie, err);
+  *entries = c.entries;         /* freed by the caller, even on error */
+  *nr_entries = c.nr_entries;
+  return r;
+}

@@ -1,0 +1,218 @@
+/* Wrappers around libnbd's handle calls: see gonbd.h for why each one
+ * captures the error itself.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+
+#include "gonbd.h"
+#include "_cgo_export.h"
+
+/* Copy libnbd's thread-local error of the call that just failed. */
+void
+gonbd_capture (struct gonbd_err *err)
+{
+  const char *msg = nbd_get_error ();
+
+  err->msg = strdup (msg ? msg : "unknown libnbd error");
+  err->errnum = nbd_get_errno ();
+}
+
+struct gonbd *
+gonbd_create (struct gonbd_err *err)
+{
+  struct gonbd *g = calloc (1, sizeof *g);
+
+  if (g == NULL) {
+    err->errnum = errno;
+    return NULL;
+  }
+  g->nbd = nbd_create ();
+  if (g->nbd == NULL) {
+    gonbd_capture (err);
+    free (g);
+    return NULL;
+  }
+  g->wake_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (g->wake_fd == -1) {
+    err->errnum = errno;
+    nbd_close (g->nbd);
+    free (g);
+    return NULL;
+  }
+  pthread_mutex_init (&g->lock, NULL);
+  return g;
+}
+
+void
+gonbd_close (struct gonbd *g)
+{
+  nbd_close (g->nbd);
+  close (g->wake_fd);
+  pthread_mutex_destroy (&g->lock);
+  free (g);
+}
+
+/* One wrapper per call that returns -1 on error. */
+#define WRAP(name, params, args)                                 \
+  int gonbd_##name params                                        \
+  {                                                              \
+    int r = nbd_##name args;                                     \
+    if (r == -1)                                                 \
+      gonbd_capture (err);                                       \
+    return r;                                                    \
+  }
+
+WRAP (set_export_name, (struct gonbd *g, const char *name, struct gonbd_err *err),
+      (g->nbd, name))
+WRAP (add_meta_context, (struct gonbd *g, const char *name, struct gonbd_err *err),
+      (g->nbd, name))
+WRAP (set_full_info, (struct gonbd *g, int b, struct gonbd_err *err),
+      (g->nbd, b))
+WRAP (set_pread_initialize, (struct gonbd *g, int b, struct gonbd_err *err),
+      (g->nbd, b))
+WRAP (set_opt_mode, (struct gonbd *g, int b, struct gonbd_err *err),
+      (g->nbd, b))
+WRAP (set_tls, (struct gonbd *g, int mode, struct gonbd_err *err),
+      (g->nbd, mode))
+WRAP (set_tls_certificates, (struct gonbd *g, const char *dir, struct gonbd_err *err),
+      (g->nbd, dir))
+WRAP (set_tls_verify_peer, (struct gonbd *g, int b, struct gonbd_err *err),
+      (g->nbd, b))
+WRAP (set_tls_username, (struct gonbd *g, const char *name, struct gonbd_err *err),
+      (g->nbd, name))
+WRAP (set_tls_psk_file, (struct gonbd *g, const char *file, struct gonbd_err *err),
+      (g->nbd, file))
+WRAP (connect_unix, (struct gonbd *g, const char *path, struct gonbd_err *err),
+      (g->nbd, path))
+WRAP (connect_tcp, (struct gonbd *g, const char *host, const char *port, struct gonbd_err *err),
+      (g->nbd, host, port))
+WRAP (connect_vsock, (struct gonbd *g, uint32_t cid, uint32_t port, struct gonbd_err *err),
+      (g->nbd, cid, port))
+WRAP (connect_uri, (struct gonbd *g, const char *uri, struct gonbd_err *err),
+      (g->nbd, uri))
+WRAP (connect_socket, (struct gonbd *g, int fd, struct gonbd_err *err),
+      (g->nbd, fd))
+WRAP (connect_systemd_socket_activation, (struct gonbd *g, char **argv, struct gonbd_err *err),
+      (g->nbd, argv))
+WRAP (opt_go, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
+WRAP (opt_info, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
+WRAP (opt_abort, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
+WRAP (can_meta_context, (struct gonbd *g, const char *name, struct gonbd_err *err),
+      (g->nbd, name))
+
+int
+gonbd_shutdown (struct gonbd *g, struct gonbd_err *err)
+{
+  int r = nbd_shutdown (g->nbd, 0);
+  if (r == -1)
+    gonbd_capture (err);
+  return r;
+}
+
+int64_t
+gonbd_get_size (struct gonbd *g, struct gonbd_err *err)
+{
+  int64_t r = nbd_get_size (g->nbd);
+  if (r == -1)
+    gonbd_capture (err);
+  return r;
+}
+
+int64_t
+gonbd_get_block_size (struct gonbd *g, int which, struct gonbd_err *err)
+{
+  int64_t r = nbd_get_block_size (g->nbd, which);
+  if (r == -1)
+    gonbd_capture (err);
+  return r;
+}
+
+int
+gonbd_get_flag (struct gonbd *g, int which, struct gonbd_err *err)
+{
+  int r;
+
+  switch (which) {
+  case GONBD_IS_READ_ONLY: r = nbd_is_read_only (g->nbd); break;
+  case GONBD_CAN_FLUSH: r = nbd_can_flush (g->nbd); break;
+  case GONBD_CAN_FUA: r = nbd_can_fua (g->nbd); break;
+  case GONBD_IS_ROTATIONAL: r = nbd_is_rotational (g->nbd); break;
+  case GONBD_CAN_TRIM: r = nbd_can_trim (g->nbd); break;
+  case GONBD_CAN_ZERO: r = nbd_can_zero (g->nbd); break;
+  case GONBD_CAN_FAST_ZERO: r = nbd_can_fast_zero (g->nbd); break;
+  case GONBD_CAN_DF: r = nbd_can_df (g->nbd); break;
+  case GONBD_CAN_MULTI_CONN: r = nbd_can_multi_conn (g->nbd); break;
+  case GONBD_CAN_CACHE: r = nbd_can_cache (g->nbd); break;
+  default: err->errnum = EINVAL; return -1;
+  }
+  if (r == -1)
+    gonbd_capture (err);
+  return r;
+}
+
+char *
+gonbd_get_export_description (struct gonbd *g, struct gonbd_err *err)
+{
+  char *r = nbd_get_export_description (g->nbd);
+  if (r == NULL)
+    gonbd_capture (err);
+  return r;
+}
+
+char *
+gonbd_get_canonical_export_name (struct gonbd *g, struct gonbd_err *err)
+{
+  char *r = nbd_get_canonical_export_name (g->nbd);
+  if (r == NULL)
+    gonbd_capture (err);
+  return r;
+}
+
+int gonbd_supports_tls (struct gonbd *g) { return nbd_supports_tls (g->nbd); }
+int gonbd_supports_uri (struct gonbd *g) { return nbd_supports_uri (g->nbd); }
+
+/* Debug messages go to a Go function (gonbdDebug), named by a cgo.Handle. */
+static int
+debug_to_go (void *user_data, const char *context, const char *msg)
+{
+  gonbdDebug ((uintptr_t) user_data, (char *) context, (char *) msg);
+  return 0;
+}
+
+int
+gonbd_set_debug (struct gonbd *g, int b, uintptr_t go_callback,
+                 struct gonbd_err *err)
+{
+  if (b && go_callback &&
+      nbd_set_debug_callback (g->nbd, (nbd_debug_callback) {
+          .callback = debug_to_go, .user_data = (void *) go_callback }) == -1) {
+    gonbd_capture (err);
+    return -1;
+  }
+  if (nbd_set_debug (g->nbd, b) == -1) {
+    gonbd_capture (err);
+    return -1;
+  }
+  return 0;
+}
+
+/* Listed exports go to a Go function (gonbdListed), named by a cgo.Handle. */
+static int
+list_to_go (void *user_data, const char *name, const char *description)
+{
+  gonbdListed ((uintptr_t) user_data, (char *) name, (char *) description);
+  return 0;
+}
+
+int
+gonbd_opt_list (struct gonbd *g, uintptr_t go_list, struct gonbd_err *err)
+{
+  int r = nbd_opt_list (g->nbd, (nbd_list_callback) {
+      .callback = list_to_go, .user_data = (void *) go_list });
+  if (r == -1)
+    gonbd_capture (err);
+  return r;
+}

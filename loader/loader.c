@@ -1,0 +1,432 @@
+/* The loader: the .so that nbdkit loads, for a plugin written in Go.
+ *
+ * A Go runtime does not survive fork(): after it, only the forking thread
+ * exists in the child, and the runtime's own threads are gone for good
+ * (Go issue 15538).  nbdkit forks after config_complete and get_ready
+ * (daemon mode, --run), so no Go code may run in this process before
+ * then.  Yet configuration errors must reach the user on stderr, with a
+ * non-zero exit, before nbdkit daemonizes.  So:
+ *
+ *  - config only records key=value pairs;
+ *  - config_complete forks a short-lived child that starts the Go
+ *    library, replays the configuration through it, and exits with its
+ *    verdict (its error messages go to the user's stderr);
+ *  - after_fork, in the process that serves, starts the Go library for
+ *    good and replays the configuration again.  nbdkit always calls
+ *    after_fork, whether it forked or not.
+ *
+ * The Go library travels inside this .so (embed.S) and is loaded from a
+ * memfd, so the plugin is one file.  --dump-plugin does not fork, so it
+ * starts Go directly.
+ *
+ * Which callbacks exist is fixed at build time from the Go plugin's
+ * description (plugin-desc.h, written by nbdkit.WriteLoaderHeader):
+ * nbdkit reads the callback table before any Go code may run.
+ */
+
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NBDKIT_API_VERSION 2
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+#include <nbdkit-plugin.h>
+
+#include "abi.h"
+#include "plugin-desc.h"
+
+extern const unsigned char nbdkitgo_library[], nbdkitgo_library_end[];
+
+/* Debug flags: nbdkit sets NAME_debug_FLAG by symbol name.  The asm label
+ * lets NAME contain '-', which C identifiers cannot.
+ */
+#define DEFINE_FLAG(f) \
+  NBDKIT_DLL_PUBLIC int debug_flag_##f __asm__ ("\"" NBDKITGO_NAME "_debug_" #f "\"");
+NBDKITGO_DEBUG_FLAGS (DEFINE_FLAG)
+#define FLAG_NAME(f) #f,
+#define FLAG_PTR(f) &debug_flag_##f,
+static const char *const debug_flag_names[] = {
+  NBDKITGO_DEBUG_FLAGS (FLAG_NAME) NULL
+};
+static int *const debug_flags[] = { NBDKITGO_DEBUG_FLAGS (FLAG_PTR) NULL };
+
+static const struct nbdkitgo_host host = {
+  .error = nbdkit_error,
+  .debug = nbdkit_debug,
+  .set_error = nbdkit_set_error,
+  .parse_bool = nbdkit_parse_bool,
+  .parse_int = nbdkit_parse_int,
+  .parse_unsigned = nbdkit_parse_unsigned,
+  .parse_uint16_t = nbdkit_parse_uint16_t,
+  .parse_uint32_t = nbdkit_parse_uint32_t,
+  .parse_int64_t = nbdkit_parse_int64_t,
+  .parse_uint64_t = nbdkit_parse_uint64_t,
+  .parse_size = nbdkit_parse_size,
+  .absolute_path = nbdkit_absolute_path,
+  .read_password = nbdkit_read_password,
+  .export_name = nbdkit_export_name,
+  .is_tls = nbdkit_is_tls,
+  .add_export = nbdkit_add_export,
+  .use_default_export = nbdkit_use_default_export,
+  .add_extent = nbdkit_add_extent,
+  .strdup_intern = nbdkit_strdup_intern,
+  .shutdown = nbdkit_shutdown,
+  .debug_flag_names = debug_flag_names,
+  .debug_flags = debug_flags,
+};
+
+static int library_fd = -1;            /* memfd holding the Go library */
+static const struct nbdkitgo_ops *go;  /* set once Go runs in this process */
+
+static struct config_item { char *key, *value; } *config;
+static size_t nr_config;
+static int config_cwd = -1;            /* working directory at config time */
+static int thread_model = THREAD_MODEL; /* as the check child found it */
+
+/* Copy the embedded library into a memfd.  Done once, before nbdkit
+ * forks; the child processes inherit it.  MFD_CLOEXEC keeps it out of
+ * --run commands.
+ */
+static void
+loader_load (void)
+{
+  size_t len = nbdkitgo_library_end - nbdkitgo_library;
+  size_t done = 0;
+  ssize_t r;
+
+  library_fd = memfd_create ("nbdkit-go-library", MFD_CLOEXEC);
+  if (library_fd == -1)
+    return;
+  while (done < len) {
+    r = write (library_fd, nbdkitgo_library + done, len - done);
+    if (r <= 0) {
+      close (library_fd);
+      library_fd = -1;
+      return;
+    }
+    done += r;
+  }
+}
+
+/* Start the Go library in this process and call its load. */
+static int
+start_go (void)
+{
+  char path[64];
+  void *dl;
+  nbdkitgo_start_fn start;
+
+  if (go)
+    return 0;
+  if (library_fd == -1) {
+    nbdkit_error ("cannot copy the Go library into memory: %m");
+    return -1;
+  }
+  snprintf (path, sizeof path, "/proc/self/fd/%d", library_fd);
+  dl = dlopen (path, RTLD_NOW | RTLD_LOCAL);
+  if (dl == NULL) {
+    nbdkit_error ("loading the Go library: %s", dlerror ());
+    return -1;
+  }
+  start = (nbdkitgo_start_fn) dlsym (dl, NBDKITGO_START_SYMBOL);
+  if (start == NULL || (go = start (&host)) == NULL ||
+      go->abi_version != NBDKITGO_ABI_VERSION) {
+    nbdkit_error ("the Go library does not match this loader");
+    go = NULL;
+    return -1;
+  }
+  go->load ();
+  return 0;
+}
+
+/* Give the recorded configuration to Go, in the working directory
+ * nbdkit had then (it may have changed directory since).
+ */
+static int
+configure_go (void)
+{
+  int here = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int r = 0;
+  size_t i;
+
+  if (config_cwd >= 0 && fchdir (config_cwd) == -1) {
+    nbdkit_error ("fchdir: %m");
+    r = -1;
+  }
+  for (i = 0; r == 0 && i < nr_config; ++i)
+    r = go->config (config[i].key, config[i].value);
+  if (r == 0)
+    r = go->config_complete ();
+#if NBDKITGO_HAS_get_ready
+  if (r == 0)
+    r = go->get_ready ();
+#endif
+  if (here >= 0) {
+    if (fchdir (here) == -1 && r == 0) {
+      nbdkit_error ("fchdir: %m");
+      r = -1;
+    }
+    close (here);
+  }
+  return r;
+}
+
+static int
+loader_config (const char *key, const char *value)
+{
+  struct config_item *c;
+
+  c = realloc (config, (nr_config + 1) * sizeof *config);
+  if (c == NULL) {
+    nbdkit_error ("realloc: %m");
+    return -1;
+  }
+  config = c;
+  config[nr_config].key = strdup (key);
+  config[nr_config].value = strdup (value);
+  if (!config[nr_config].key || !config[nr_config].value) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  nr_config++;
+  return 0;
+}
+
+/* The check child: start Go, configure it, report the thread model
+ * through the pipe, exit 0 if all went well.
+ */
+static void __attribute__ ((noreturn))
+check_child (int fd)
+{
+  int tm = THREAD_MODEL;
+
+  if (start_go () == -1 || configure_go () == -1)
+    _exit (EXIT_FAILURE);
+#if NBDKITGO_HAS_thread_model
+  tm = go->thread_model ();
+  if (tm == -1)
+    _exit (EXIT_FAILURE);
+#endif
+  if (write (fd, &tm, sizeof tm) != sizeof tm)
+    _exit (EXIT_FAILURE);
+  fflush (stderr);
+  _exit (EXIT_SUCCESS);
+}
+
+static int
+loader_config_complete (void)
+{
+  int fds[2], status, tm;
+  pid_t pid;
+
+  config_cwd = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (pipe2 (fds, O_CLOEXEC) == -1) {
+    nbdkit_error ("pipe2: %m");
+    return -1;
+  }
+  fflush (NULL);
+  pid = fork ();
+  if (pid == -1) {
+    nbdkit_error ("fork: %m");
+    return -1;
+  }
+  if (pid == 0) {
+    close (fds[0]);
+    check_child (fds[1]);
+  }
+  close (fds[1]);
+  if (read (fds[0], &tm, sizeof tm) == sizeof tm)
+    thread_model = tm;
+  close (fds[0]);
+  while (waitpid (pid, &status, 0) == -1) {
+    if (errno != EINTR) {
+      nbdkit_error ("waitpid: %m");
+      return -1;
+    }
+  }
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+    return -1;                  /* the child printed why */
+  return 0;
+}
+
+static int
+loader_after_fork (void)
+{
+  if (start_go () == -1 || configure_go () == -1)
+    return -1;
+#if NBDKITGO_HAS_after_fork
+  return go->after_fork ();
+#else
+  return 0;
+#endif
+}
+
+static void
+loader_unload (void)
+{
+  size_t i;
+
+  if (go)
+    go->unload ();
+  for (i = 0; i < nr_config; ++i) {
+    free (config[i].key);
+    free (config[i].value);
+  }
+  free (config);
+}
+
+static int loader_thread_model (void) { return thread_model; }
+static int loader_get_ready (void) { return 0; /* run by configure_go */ }
+
+static void
+loader_dump_plugin (void)
+{
+  fflush (stdout);              /* keep our lines after nbdkit's */
+  if (start_go () == 0)
+    go->dump_plugin ();
+  fflush (stdout);
+}
+
+/* The rest forward to Go, which is running by the time nbdkit calls
+ * them.
+ */
+static void loader_cleanup (void) { if (go) go->cleanup (); }
+static int loader_preconnect (int ro) { return go->preconnect (ro); }
+
+static int
+loader_list_exports (int ro, int tls, struct nbdkit_exports *e)
+{
+  return go->list_exports (ro, tls, e);
+}
+
+static const char *
+loader_default_export (int ro, int tls)
+{
+  return go->default_export (ro, tls);
+}
+
+static void *
+loader_open (int ro)
+{
+  return (void *) go->open (ro);
+}
+
+#define H ((uintptr_t) h)
+static void loader_close (void *h) { go->close (H); }
+static const char *loader_export_description (void *h) { return go->export_description (H); }
+static int64_t loader_get_size (void *h) { return go->get_size (H); }
+
+static int
+loader_block_size (void *h, uint32_t *mn, uint32_t *pr, uint32_t *mx)
+{
+  return go->block_size (H, mn, pr, mx);
+}
+
+static int loader_can_write (void *h) { return go->can_write (H); }
+static int loader_can_flush (void *h) { return go->can_flush (H); }
+static int loader_is_rotational (void *h) { return go->is_rotational (H); }
+static int loader_can_trim (void *h) { return go->can_trim (H); }
+static int loader_can_zero (void *h) { return go->can_zero (H); }
+static int loader_can_fast_zero (void *h) { return go->can_fast_zero (H); }
+static int loader_can_extents (void *h) { return go->can_extents (H); }
+static int loader_can_fua (void *h) { return go->can_fua (H); }
+static int loader_can_multi_conn (void *h) { return go->can_multi_conn (H); }
+static int loader_can_cache (void *h) { return go->can_cache (H); }
+
+static int
+loader_pread (void *h, void *buf, uint32_t count, uint64_t offset,
+              uint32_t flags)
+{
+  return go->pread (H, buf, count, offset, flags);
+}
+
+static int
+loader_pwrite (void *h, const void *buf, uint32_t count, uint64_t offset,
+               uint32_t flags)
+{
+  return go->pwrite (H, buf, count, offset, flags);
+}
+
+static int loader_flush (void *h, uint32_t flags) { return go->flush (H, flags); }
+
+static int
+loader_trim (void *h, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return go->trim (H, count, offset, flags);
+}
+
+static int
+loader_zero (void *h, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return go->zero (H, count, offset, flags);
+}
+
+static int
+loader_extents (void *h, uint32_t count, uint64_t offset, uint32_t flags,
+                struct nbdkit_extents *e)
+{
+  return go->extents (H, count, offset, flags, e);
+}
+
+static int
+loader_cache (void *h, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return go->cache (H, count, offset, flags);
+}
+#undef H
+
+/* IF(name) gives loader_name when the Go plugin implements name. */
+#define IF(name) (NBDKITGO_HAS_##name ? loader_##name : NULL)
+
+static struct nbdkit_plugin plugin = {
+  .name = NBDKITGO_NAME,
+  .longname = NBDKITGO_LONGNAME,
+  .version = NBDKITGO_VERSION,
+  .description = NBDKITGO_DESCRIPTION,
+  .config_help = NBDKITGO_CONFIG_HELP,
+  .magic_config_key = NBDKITGO_MAGIC_CONFIG_KEY,
+  .load = loader_load,
+  .unload = loader_unload,
+  .config = loader_config,
+  .config_complete = loader_config_complete,
+  .after_fork = loader_after_fork,
+  .thread_model = IF (thread_model),
+  .get_ready = IF (get_ready),
+  .dump_plugin = IF (dump_plugin),
+  .cleanup = IF (cleanup),
+  .preconnect = IF (preconnect),
+  .list_exports = IF (list_exports),
+  .default_export = IF (default_export),
+  .open = IF (open),
+  .close = IF (close),
+  .export_description = IF (export_description),
+  .get_size = IF (get_size),
+  .block_size = IF (block_size),
+  .can_write = IF (can_write),
+  .can_flush = IF (can_flush),
+  .is_rotational = IF (is_rotational),
+  .can_trim = IF (can_trim),
+  .can_zero = IF (can_zero),
+  .can_fast_zero = IF (can_fast_zero),
+  .can_extents = IF (can_extents),
+  .can_fua = IF (can_fua),
+  .can_multi_conn = IF (can_multi_conn),
+  .can_cache = IF (can_cache),
+  .pread = IF (pread),
+  .pwrite = IF (pwrite),
+  .flush = IF (flush),
+  .trim = IF (trim),
+  .zero = IF (zero),
+  .extents = IF (extents),
+  .cache = IF (cache),
+  .errno_is_preserved = 0,      /* Go sets errors with nbdkit_set_error */
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)

@@ -1,0 +1,234 @@
+package plugin
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"nbdkit-nbd-go-plugin/libnbd"
+	"nbdkit-nbd-go-plugin/nbdkit"
+)
+
+// The parameters, all set by config and checked by configComplete.
+type config struct {
+	// Connection modes: exactly one is set.
+	socket   string   // socket=
+	hostname string   // hostname=
+	vsock    *uint32  // vsock= (cid=, vhost-cid=)
+	uri      string   // [uri=]
+	command  string   // command=
+	socketFD *int     // socket-fd=
+	port     string   // port=, with hostname or vsock
+	args     []string // arg=, with command
+
+	export        string
+	exportGiven   bool
+	dynamicExport bool
+	retry         uint
+	shared        bool
+	sharedGiven   bool
+
+	tls             libnbd.TLSMode
+	tlsGiven        bool
+	tlsCertificates string
+	tlsVerify       *bool
+	tlsUsername     string
+	tlsPSK          string
+}
+
+var cfg config
+
+const defaultPort = "10809"
+
+// sunPathMax is the longest Unix socket path (sun_path less its NUL).
+const sunPathMax = 107
+
+const configHelp = `[uri=]<URI>            Server to connect to, as an NBD URI (nbd://, nbds://,
+                       nbd+unix://, nbds+unix://, nbd+vsock://).
+socket=<PATH>          Unix socket of the server.
+hostname=<HOST>        TCP server (with port=).
+port=<PORT>            TCP or vsock port, or TCP service name (default 10809).
+vsock=<CID>            AF_VSOCK server (also cid= or vhost-cid=).
+command=<PROGRAM>      Run this server with systemd socket activation.
+arg=<ARG>              One argument of command= (repeat for more).
+socket-fd=<FD>         Already-connected socket to the server.
+export=<NAME>          Export to ask the server for (default "").
+dynamic-export=<BOOL>  Pass each client's export name to the server.
+retry=<N>              Retry a failed connection N times, 1 s apart (default 0).
+shared=<BOOL>          One server connection for all clients (default false;
+                       true for command= and socket-fd=).
+tls=<MODE>             TLS to the server: off, on, or require.
+tls-certificates=<DIR> Directory of X.509 client certificates.
+tls-verify=<BOOL>      Verify the server's certificate (default true).
+tls-username=<NAME>    User name to present with TLS.
+tls-psk=<FILE>         File of TLS pre-shared keys.`
+
+// configKey takes one key=value.
+func configKey(key, value string) error {
+	var err error
+	switch key {
+	case "socket":
+		cfg.socket, err = nbdkit.AbsolutePath(value)
+		if err == nil && len(cfg.socket) > sunPathMax {
+			err = fmt.Errorf("socket=%s: path is %d bytes long, a Unix socket path can be at most %d",
+				value, len(cfg.socket), sunPathMax)
+		}
+	case "hostname":
+		cfg.hostname = value
+	case "port":
+		cfg.port = value
+	case "vsock", "cid", "vhost-cid":
+		var cid uint32
+		if cid, err = nbdkit.ParseUint32(key, value); err == nil {
+			cfg.vsock = &cid
+		}
+	case "uri":
+		cfg.uri = value
+	case "command":
+		cfg.command = value
+	case "arg":
+		cfg.args = append(cfg.args, value)
+	case "socket-fd":
+		var fd int
+		if fd, err = nbdkit.ParseInt(key, value); err == nil {
+			if fd < 0 {
+				err = fmt.Errorf("socket-fd=%s: a file descriptor cannot be negative", value)
+			}
+			cfg.socketFD = &fd
+		}
+	case "export":
+		cfg.export, cfg.exportGiven = value, true
+	case "dynamic-export":
+		cfg.dynamicExport, err = parseBool(key, value)
+	case "retry":
+		cfg.retry, err = nbdkit.ParseUnsigned(key, value)
+	case "shared":
+		cfg.shared, err = parseBool(key, value)
+		cfg.sharedGiven = true
+	case "tls":
+		cfg.tls, err = parseTLS(value)
+		cfg.tlsGiven = true
+	case "tls-certificates":
+		cfg.tlsCertificates, err = nbdkit.AbsolutePath(value)
+	case "tls-verify":
+		var b bool
+		if b, err = parseBool(key, value); err == nil {
+			cfg.tlsVerify = &b
+		}
+	case "tls-username":
+		cfg.tlsUsername = value
+	case "tls-psk":
+		cfg.tlsPSK, err = nbdkit.AbsolutePath(value)
+	default:
+		err = fmt.Errorf("unknown parameter %s=%s (see nbdkit nbd-go --help)", key, value)
+	}
+	return err
+}
+
+// parseBool takes the booleans nbdkit_parse_bool takes, with a one-line
+// message naming the key (nbdkit's own does not).
+func parseBool(key, value string) (bool, error) {
+	switch strings.ToLower(value) {
+	case "1", "true", "t", "yes", "y", "on":
+		return true, nil
+	case "0", "false", "f", "no", "n", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("%s=%s: not a boolean (use true or false)", key, value)
+}
+
+// parseTLS takes require (required, force) or an nbdkit boolean.
+func parseTLS(value string) (libnbd.TLSMode, error) {
+	switch strings.ToLower(value) {
+	case "require", "required", "force":
+		return libnbd.TLSRequire, nil
+	}
+	on, err := parseBool("tls", value)
+	if err != nil {
+		return 0, fmt.Errorf("tls=%s: not one of off, on, require", value)
+	}
+	if on {
+		return libnbd.TLSAllow, nil
+	}
+	return libnbd.TLSDisable, nil
+}
+
+// uriSchemes are the URI schemes libnbd connects to.
+var uriSchemes = []string{"nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://"}
+
+// configComplete checks the parameters as a whole.
+func configComplete() error {
+	var modes []string
+	add := func(given bool, mode string) {
+		if given {
+			modes = append(modes, mode)
+		}
+	}
+	add(cfg.socket != "", "socket="+cfg.socket)
+	add(cfg.hostname != "", "hostname="+cfg.hostname)
+	if cfg.vsock != nil {
+		modes = append(modes, fmt.Sprintf("vsock=%d", *cfg.vsock))
+	}
+	add(cfg.uri != "", "uri="+cfg.uri)
+	add(cfg.command != "", "command="+cfg.command)
+	if cfg.socketFD != nil {
+		modes = append(modes, fmt.Sprintf("socket-fd=%d", *cfg.socketFD))
+	}
+	switch {
+	case len(modes) == 0:
+		return fmt.Errorf("no server given: use one of socket=, hostname=, vsock=, uri=, command= or socket-fd=")
+	case len(modes) > 1:
+		return fmt.Errorf("give only one server, not %s", strings.Join(modes, " and "))
+	}
+
+	if cfg.port != "" {
+		switch {
+		case cfg.hostname != "":
+			if n, err := strconv.ParseUint(cfg.port, 10, 64); err == nil && n > 65535 {
+				return fmt.Errorf("port=%s: a TCP port is at most 65535", cfg.port)
+			} else if err != nil && strings.Trim(cfg.port, "0123456789") == "" {
+				return fmt.Errorf("port=%s: not a port number", cfg.port)
+			}
+		case cfg.vsock != nil:
+			if _, err := nbdkit.ParseUint32("port", cfg.port); err != nil {
+				return fmt.Errorf("port=%s: a vsock port is a 32-bit number: %w", cfg.port, err)
+			}
+		default:
+			return fmt.Errorf("port=%s needs hostname= or vsock=", cfg.port)
+		}
+	}
+	if len(cfg.args) > 0 && cfg.command == "" {
+		return fmt.Errorf("arg=%s needs command=", cfg.args[0])
+	}
+	if cfg.uri != "" {
+		ok := false
+		for _, s := range uriSchemes {
+			ok = ok || strings.HasPrefix(strings.ToLower(cfg.uri), s)
+		}
+		if !ok {
+			return fmt.Errorf("uri=%s: not an NBD URI (it must start with one of %s)",
+				cfg.uri, strings.Join(uriSchemes, ", "))
+		}
+	}
+
+	if !cfg.sharedGiven && (cfg.command != "" || cfg.socketFD != nil) {
+		cfg.shared = true
+	}
+	if cfg.dynamicExport {
+		switch {
+		case cfg.exportGiven:
+			return fmt.Errorf("dynamic-export=true cannot be used with export=%s", cfg.export)
+		case cfg.command != "":
+			return fmt.Errorf("dynamic-export=true cannot be used with command= (it implies shared=true)")
+		case cfg.socketFD != nil:
+			return fmt.Errorf("dynamic-export=true cannot be used with socket-fd= (it implies shared=true)")
+		case cfg.shared:
+			return fmt.Errorf("dynamic-export=true cannot be used with shared=true")
+		}
+	}
+	if !cfg.tlsGiven && (cfg.tlsCertificates != "" || cfg.tlsVerify != nil ||
+		cfg.tlsUsername != "" || cfg.tlsPSK != "") {
+		cfg.tls = libnbd.TLSAllow
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package plugin
+
+import (
+	"fmt"
+	"time"
+
+	"nbdkit-nbd-go-plugin/libnbd"
+	"nbdkit-nbd-go-plugin/nbdkit"
+)
+
+// dialUpstream connects to the server, asking for export, retrying as
+// retry= says.  With optMode the handle stays in option negotiation
+// (for listing exports and asking for names).
+func dialUpstream(export string, optMode bool) (*libnbd.Handle, error) {
+	for attempt := uint(0); ; attempt++ {
+		h, err := connectOnce(export, optMode)
+		if err == nil {
+			return h, nil
+		}
+		if attempt >= cfg.retry {
+			return nil, err
+		}
+		nbdkit.Debugf("connecting to the server failed, retrying in 1 s: %v", err)
+		time.Sleep(time.Second)
+	}
+}
+
+func connectOnce(export string, optMode bool) (*libnbd.Handle, error) {
+	h, err := libnbd.Create()
+	if err != nil {
+		return nil, err
+	}
+	if err := setUp(h, export, optMode); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// setUp configures h, connects it in the configured mode and, where
+// needed, finishes option negotiation.
+func setUp(h *libnbd.Handle, export string, optMode bool) error {
+	if nbdkit.DebugFlag("verbose") != 0 {
+		if err := h.SetDebug(true, func(context, msg string) {
+			nbdkit.Debugf("libnbd: %s: %s", context, msg)
+		}); err != nil {
+			return err
+		}
+	}
+	// nbdkit hands us initialised buffers: libnbd need not zero them.
+	for _, f := range []func() error{
+		func() error { return h.SetExportName(export) },
+		func() error { return h.AddMetaContext(libnbd.ContextBaseAllocation) },
+		func() error { return h.SetFullInfo(true) },
+		func() error { return h.SetPreadInitialize(false) },
+		func() error { return setTLS(h) },
+	} {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+
+	// A URI names its own export; dynamic-export overrides it, which
+	// needs option mode to set the name after connecting.
+	uriOverride := cfg.uri != "" && cfg.dynamicExport
+	if optMode || uriOverride {
+		if err := h.SetOptMode(true); err != nil {
+			return err
+		}
+	}
+	if err := connectMode(h); err != nil {
+		return err
+	}
+	if uriOverride {
+		if err := h.SetExportName(export); err != nil {
+			return err
+		}
+		if !optMode {
+			return h.OptGo()
+		}
+	}
+	return nil
+}
+
+func setTLS(h *libnbd.Handle) error {
+	if err := h.SetTLS(cfg.tls); err != nil {
+		return err
+	}
+	if cfg.tlsCertificates != "" {
+		if err := h.SetTLSCertificates(cfg.tlsCertificates); err != nil {
+			return err
+		}
+	}
+	if cfg.tlsVerify != nil {
+		if err := h.SetTLSVerifyPeer(*cfg.tlsVerify); err != nil {
+			return err
+		}
+	}
+	if cfg.tlsUsername != "" {
+		if err := h.SetTLSUsername(cfg.tlsUsername); err != nil {
+			return err
+		}
+	}
+	if cfg.tlsPSK != "" {
+		if err := h.SetTLSPSKFile(cfg.tlsPSK); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func connectMode(h *libnbd.Handle) error {
+	switch {
+	case cfg.socket != "":
+		return h.ConnectUnix(cfg.socket)
+	case cfg.hostname != "":
+		port := cfg.port
+		if port == "" {
+			port = defaultPort
+		}
+		return h.ConnectTCP(cfg.hostname, port)
+	case cfg.vsock != nil:
+		port := uint32(10809)
+		if cfg.port != "" {
+			p, err := nbdkit.ParseUint32("port", cfg.port)
+			if err != nil {
+				return err
+			}
+			port = p
+		}
+		return h.ConnectVsock(*cfg.vsock, port)
+	case cfg.uri != "":
+		return h.ConnectURI(cfg.uri)
+	case cfg.command != "":
+		return h.ConnectSystemdSocketActivation(append([]string{cfg.command}, cfg.args...))
+	case cfg.socketFD != nil:
+		return h.ConnectSocket(*cfg.socketFD)
+	}
+	return fmt.Errorf("no server configured")
+}
