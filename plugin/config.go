@@ -78,9 +78,10 @@ func configKey(key, value string) error {
 	case "port":
 		cfg.port = value
 	case "vsock", "cid", "vhost-cid":
-		var cid uint32
-		if cid, err = nbdkit.ParseUint32(key, value); err == nil {
-			cfg.vsock = &cid
+		var cid uint64
+		if cid, err = parseUint(key, value, 32); err == nil {
+			c := uint32(cid)
+			cfg.vsock = &c
 		}
 	case "uri":
 		cfg.uri = value
@@ -89,19 +90,19 @@ func configKey(key, value string) error {
 	case "arg":
 		cfg.args = append(cfg.args, value)
 	case "socket-fd":
-		var fd int
-		if fd, err = nbdkit.ParseInt(key, value); err == nil {
-			if fd < 0 {
-				err = fmt.Errorf("socket-fd=%s: a file descriptor cannot be negative", value)
-			}
-			cfg.socketFD = &fd
+		var fd uint64
+		if fd, err = parseUint(key, value, 31); err == nil {
+			n := int(fd)
+			cfg.socketFD = &n
 		}
 	case "export":
 		cfg.export, cfg.exportGiven = value, true
 	case "dynamic-export":
 		cfg.dynamicExport, err = parseBool(key, value)
 	case "retry":
-		cfg.retry, err = nbdkit.ParseUnsigned(key, value)
+		var n uint64
+		n, err = parseUint(key, value, 31)
+		cfg.retry = uint(n)
 	case "shared":
 		cfg.shared, err = parseBool(key, value)
 		cfg.sharedGiven = true
@@ -123,6 +124,19 @@ func configKey(key, value string) error {
 		err = fmt.Errorf("unknown parameter %s=%s (see nbdkit nbd-go --help)", key, value)
 	}
 	return err
+}
+
+// parseUint parses a decimal number of at most bits bits, with a one-line
+// message naming key and value.
+func parseUint(key, value string, bits int) (uint64, error) {
+	n, err := strconv.ParseUint(value, 10, bits)
+	if err != nil {
+		if strings.Trim(value, "0123456789") == "" && value != "" {
+			return 0, fmt.Errorf("%s=%s: number too large (at most %d)", key, value, uint64(1)<<bits-1)
+		}
+		return 0, fmt.Errorf("%s=%s: not a non-negative whole number", key, value)
+	}
+	return n, nil
 }
 
 // parseBool takes the booleans nbdkit_parse_bool takes, with a one-line
@@ -190,8 +204,8 @@ func configComplete() error {
 				return fmt.Errorf("port=%s: not a port number", cfg.port)
 			}
 		case cfg.vsock != nil:
-			if _, err := nbdkit.ParseUint32("port", cfg.port); err != nil {
-				return fmt.Errorf("port=%s: a vsock port is a 32-bit number: %w", cfg.port, err)
+			if _, err := parseUint("port", cfg.port, 32); err != nil {
+				return err
 			}
 		default:
 			return fmt.Errorf("port=%s needs hostname= or vsock=", cfg.port)

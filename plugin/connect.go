@@ -122,11 +122,11 @@ func connectMode(h *libnbd.Handle) error {
 	case cfg.vsock != nil:
 		port := uint32(10809)
 		if cfg.port != "" {
-			p, err := nbdkit.ParseUint32("port", cfg.port)
+			p, err := parseUint("port", cfg.port, 32)
 			if err != nil {
 				return err
 			}
-			port = p
+			port = uint32(p)
 		}
 		return h.ConnectVsock(*cfg.vsock, port)
 	case cfg.uri != "":
