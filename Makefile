@@ -39,7 +39,10 @@ check: $(PLUGIN)
 demo: $(PLUGIN)
 	./tests/demo.sh
 
+bench: $(PLUGIN)
+	./tests/bench.sh
+
 clean:
 	rm -rf build $(PLUGIN)
 
-.PHONY: all check demo clean
+.PHONY: all check demo bench clean
