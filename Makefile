@@ -14,7 +14,26 @@ export CGO_CFLAGS ?= -O2 -g -ffile-prefix-map=$(CURDIR)=.
 
 GO_SOURCES = go.mod $(wildcard go.sum) $(shell find nbdkit libnbd plugin cmd -name '*.go' -o -name '*.c' -o -name '*.h')
 
-all: $(PLUGIN)
+MANPAGE    = nbdkit-nbd-go-plugin.1
+VERSION    = 1.0.0
+prefix    ?= /usr/local
+mandir    ?= $(prefix)/share/man
+plugindir ?= $(shell $(PKG_CONFIG) --variable=plugindir nbdkit)
+
+all: $(PLUGIN) $(MANPAGE)
+
+$(MANPAGE): nbdkit-nbd-go-plugin.pod
+	pod2man --section=1 --center=nbdkit --release=$(VERSION) \
+		--date=2026-11-25 --name=nbdkit-nbd-go-plugin $< > $@.tmp
+	mv $@.tmp $@
+
+install: all
+	install -d $(DESTDIR)$(plugindir) $(DESTDIR)$(mandir)/man1
+	install -m 0755 $(PLUGIN) $(DESTDIR)$(plugindir)/$(PLUGIN)
+	install -m 0644 $(MANPAGE) $(DESTDIR)$(mandir)/man1/$(MANPAGE)
+
+uninstall:
+	rm -f $(DESTDIR)$(plugindir)/$(PLUGIN) $(DESTDIR)$(mandir)/man1/$(MANPAGE)
 
 build/libnbd-go.so: $(GO_SOURCES)
 	@mkdir -p build
@@ -43,6 +62,6 @@ bench: $(PLUGIN)
 	./tests/bench.sh
 
 clean:
-	rm -rf build $(PLUGIN)
+	rm -rf build $(PLUGIN) $(MANPAGE)
 
-.PHONY: all check demo bench clean
+.PHONY: all check demo bench install uninstall clean

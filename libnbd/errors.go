@@ -22,7 +22,7 @@ type Error struct {
 
 func (e *Error) Error() string {
 	if e.Msg != "" {
-		return e.Op + ": " + e.Msg
+		return e.Msg // libnbd's messages start with the call's name
 	}
 	if e.Errno != 0 {
 		return fmt.Sprintf("%s: %v", e.Op, e.Errno)
