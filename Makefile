@@ -1,8 +1,14 @@
 # nbdkit-nbd-go-plugin.  `make` needs no configure step: Go, a C
 # compiler, pkg-config, nbdkit-plugin-dev and libnbd-dev.
 
+# ./configure, if run, sets the variables below (see configure.ac).
+-include config.mk
+
 PLUGIN     = nbdkit-nbd-go-plugin.so
 GO        ?= go
+POD2MAN   ?= pod2man
+# Never download a toolchain: builds work offline.
+export GOTOOLCHAIN = local
 CC        ?= cc
 PKG_CONFIG ?= pkg-config
 GOFLAGS_BUILD = -trimpath -ldflags=-buildid=
@@ -23,7 +29,7 @@ plugindir ?= $(shell $(PKG_CONFIG) --variable=plugindir nbdkit)
 all: $(PLUGIN) $(MANPAGE)
 
 $(MANPAGE): nbdkit-nbd-go-plugin.pod
-	pod2man --section=1 --center=nbdkit --release=$(VERSION) \
+	$(POD2MAN) --section=1 --center=nbdkit --release=$(VERSION) \
 		--date=2026-11-25 --name=nbdkit-nbd-go-plugin $< > $@.tmp
 	mv $@.tmp $@
 
@@ -64,4 +70,37 @@ bench: $(PLUGIN)
 clean:
 	rm -rf build $(PLUGIN) $(MANPAGE)
 
-.PHONY: all check demo bench install uninstall clean
+distclean: clean
+	rm -rf config.mk config.status config.log autom4te.cache
+
+# The tarball: the tracked files plus the generated configure.  No Go
+# module is downloaded to build it (go.sum is empty), so it builds
+# offline.
+DISTNAME = nbdkit-nbd-go-plugin-$(VERSION)
+dist: configure
+	rm -rf build/dist && mkdir -p build/dist/$(DISTNAME)
+	git ls-files | tar -cf - -T - | tar -C build/dist/$(DISTNAME) -xf -
+	cp configure build/dist/$(DISTNAME)/
+	tar -C build/dist --sort=name --owner=0 --group=0 --numeric-owner \
+		--mtime=2026-11-25 -czf $(DISTNAME).tar.gz $(DISTNAME)
+	rm -rf build/dist
+	@echo "made $(DISTNAME).tar.gz"
+
+configure: configure.ac
+	autoreconf -fi
+
+# Unpack the tarball, configure, build, install into a DESTDIR, serve
+# with the installed file, uninstall, and check that nothing is left.
+distcheck: dist
+	rm -rf build/distcheck && mkdir -p build/distcheck
+	tar -C build/distcheck -xzf $(DISTNAME).tar.gz
+	cd build/distcheck/$(DISTNAME) && ./configure --prefix=/usr \
+		&& $(MAKE) && $(MAKE) install DESTDIR=$(CURDIR)/build/distcheck/root
+	./tests/smoke.sh build/distcheck/root$(plugindir)/$(PLUGIN)
+	test -f build/distcheck/root/usr/share/man/man1/$(MANPAGE)
+	cd build/distcheck/$(DISTNAME) && $(MAKE) uninstall DESTDIR=$(CURDIR)/build/distcheck/root
+	test -z "$$(find build/distcheck/root -type f)"
+	rm -rf build/distcheck
+	@echo "$(DISTNAME).tar.gz is ready for distribution"
+
+.PHONY: all check demo bench install uninstall clean distclean dist distcheck

@@ -1,3 +1,3 @@
 module nbdkit-nbd-go-plugin
 
-go 1.22
+go 1.19

@@ -169,7 +169,10 @@ func ParseSize(s string) (int64, error) {
 	cs, free := cstring(s)
 	defer free()
 	r := C.host_parse_size(cs)
-	return int64(r), parsed("size", C.int(min(r, 0)))
+	if r < 0 {
+		return 0, parsed("size", -1)
+	}
+	return int64(r), nil
 }
 
 // AbsolutePath makes path absolute against nbdkit's working directory at
