@@ -68,7 +68,7 @@ func configKey(key, value string) error {
 	var err error
 	switch key {
 	case "socket":
-		cfg.socket, err = nbdkit.AbsolutePath(value)
+		cfg.socket, err = absolutePath(key, value)
 		if err == nil && len(cfg.socket) > sunPathMax {
 			err = fmt.Errorf("socket=%s: path is %d bytes long, a Unix socket path can be at most %d",
 				value, len(cfg.socket), sunPathMax)
@@ -110,7 +110,7 @@ func configKey(key, value string) error {
 		cfg.tls, err = parseTLS(value)
 		cfg.tlsGiven = true
 	case "tls-certificates":
-		cfg.tlsCertificates, err = nbdkit.AbsolutePath(value)
+		cfg.tlsCertificates, err = absolutePath(key, value)
 	case "tls-verify":
 		var b bool
 		if b, err = parseBool(key, value); err == nil {
@@ -119,11 +119,20 @@ func configKey(key, value string) error {
 	case "tls-username":
 		cfg.tlsUsername = value
 	case "tls-psk":
-		cfg.tlsPSK, err = nbdkit.AbsolutePath(value)
+		cfg.tlsPSK, err = absolutePath(key, value)
 	default:
 		err = fmt.Errorf("unknown parameter %s=%s (see nbdkit nbd-go --help)", key, value)
 	}
 	return err
+}
+
+// absolutePath makes a path parameter absolute; nbdkit's own message for
+// an empty path does not name the key.
+func absolutePath(key, value string) (string, error) {
+	if value == "" {
+		return "", fmt.Errorf("%s=: empty path", key)
+	}
+	return nbdkit.AbsolutePath(value)
 }
 
 // parseUint parses a decimal number of at most bits bits, with a one-line
@@ -189,6 +198,8 @@ func configComplete() error {
 		modes = append(modes, fmt.Sprintf("socket-fd=%d", *cfg.socketFD))
 	}
 	switch {
+	case len(modes) == 0 && cfg.port != "":
+		return fmt.Errorf("port=%s needs hostname= or vsock=", cfg.port)
 	case len(modes) == 0:
 		return fmt.Errorf("no server given: use one of socket=, hostname=, vsock=, uri=, command= or socket-fd=")
 	case len(modes) > 1:
@@ -200,7 +211,7 @@ func configComplete() error {
 		case cfg.hostname != "":
 			if n, err := strconv.ParseUint(cfg.port, 10, 64); err == nil && n > 65535 {
 				return fmt.Errorf("port=%s: a TCP port is at most 65535", cfg.port)
-			} else if err != nil && strings.Trim(cfg.port, "0123456789") == "" {
+			} else if err != nil && strings.Trim(strings.TrimLeft(cfg.port, "+-"), "0123456789") == "" {
 				return fmt.Errorf("port=%s: not a port number", cfg.port)
 			}
 		case cfg.vsock != nil:
