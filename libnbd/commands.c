@@ -16,6 +16,10 @@
  * does not return before libnbd has called the completion callback,
  * which libnbd does exactly once for every command it accepted (with an
  * error if the connection dies).
+ *
+ * With a timeout, a thread whose command is not answered in time kills
+ * the connection (NBD cannot cancel one request): libnbd then fails
+ * every command in flight, and those fail with ETIMEDOUT.
  */
 #include <errno.h>
 #include <limits.h>
@@ -24,7 +28,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <linux/futex.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <time.h>
 
 #include "gonbd.h"
 
@@ -36,6 +42,7 @@
 struct gonbd_cmd {
   _Atomic unsigned state;
   int error;                    /* errno from the server, or 0 */
+  int64_t deadline;             /* CLOCK_MONOTONIC ms; -1: none */
   struct gonbd_cmd *next;       /* in gonbd.waiters, under gonbd.lock */
   /* block status only */
   const char *context;
@@ -43,10 +50,49 @@ struct gonbd_cmd {
   size_t nr_entries;
 };
 
-static void
-futex_wait (_Atomic unsigned *word, unsigned val)
+static int64_t
+now_ms (void)
 {
-  syscall (SYS_futex, word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Milliseconds until deadline (at least 0), or -1 for none. */
+static int
+ms_left (int64_t deadline)
+{
+  int64_t left;
+
+  if (deadline < 0)
+    return -1;
+  left = deadline - now_ms ();
+  return left < 0 ? 0 : left > 1000000 ? 1000000 : (int) left;
+}
+
+static void
+futex_wait (_Atomic unsigned *word, unsigned val, int timeout_ms)
+{
+  struct timespec ts = { timeout_ms / 1000, (timeout_ms % 1000) * 1000000L };
+
+  syscall (SYS_futex, word, FUTEX_WAIT_PRIVATE, val,
+           timeout_ms >= 0 ? &ts : NULL, NULL, 0);
+}
+
+/* A command was not answered in time: end the connection, so that
+ * libnbd fails everything in flight and the leader's poll wakes up.
+ */
+static void
+kill_connection (struct gonbd *g)
+{
+  int fd;
+
+  if (atomic_exchange (&g->timed_out, 1))
+    return;
+  fd = nbd_aio_get_fd (g->nbd);
+  if (fd >= 0)
+    shutdown (fd, SHUT_RDWR);
 }
 
 static void
@@ -125,6 +171,7 @@ lead (struct gonbd *g, struct gonbd_cmd *c)
   struct pollfd fds[2];
   unsigned dir;
   uint64_t n;
+  int r;
 
   while (!(atomic_load (&c->state) & DONE)) {
     fds[0].fd = nbd_aio_get_fd (g->nbd);
@@ -135,10 +182,16 @@ lead (struct gonbd *g, struct gonbd_cmd *c)
                     ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
     fds[1].fd = g->wake_fd;
     fds[1].events = POLLIN;
-    if (poll (fds, 2, -1) == -1) {
+    r = poll (fds, 2, ms_left (c->deadline));
+    if (r == -1) {
       if (errno == EINTR)
         continue;
       break;
+    }
+    if (r == 0) {               /* c's deadline passed */
+      kill_connection (g);
+      c->deadline = -1;
+      continue;
     }
     if (fds[1].revents & POLLIN) {
       if (read (g->wake_fd, &n, sizeof n) == -1) { /* drained */ }
@@ -180,8 +233,12 @@ wait_cmd (struct gonbd *g, struct gonbd_cmd *c)
     s = atomic_load (&c->state);
     if (s & (DONE | LEAD))
       break;
+    if (c->deadline >= 0 && ms_left (c->deadline) == 0) {
+      kill_connection (g);
+      c->deadline = -1;
+    }
     if (atomic_compare_exchange_weak (&c->state, &s, s | SLEEPING))
-      futex_wait (&c->state, s | SLEEPING);
+      futex_wait (&c->state, s | SLEEPING, ms_left (c->deadline));
   }
 
   if (s & LEAD) {               /* hand_off took c off the list */
@@ -237,7 +294,9 @@ finish (struct gonbd *g, struct gonbd_cmd *c, int64_t cookie,
     return -1;
   }
   if (c->error) {
-    err->errnum = c->error;
+    err->errnum = atomic_load (&g->timed_out) ? ETIMEDOUT : c->error;
+    if (err->errnum == ETIMEDOUT)
+      err->msg = strdup ("the server did not answer in time");
     return -1;
   }
   return 0;
@@ -251,7 +310,9 @@ gonbd_command (struct gonbd *g, int op, void *buf, uint64_t count,
                uint64_t offset, uint32_t flags)
 {
   struct gonbd_err err = { .msg = NULL, .errnum = 0 };
-  struct gonbd_cmd c = { .state = 0 };
+  struct gonbd_cmd c = {
+    .state = 0, .deadline = g->timeout_ms > 0 ? now_ms () + g->timeout_ms : -1
+  };
   nbd_completion_callback cb = { .callback = on_complete, .user_data = &c };
   int64_t cookie;
 
@@ -288,7 +349,10 @@ gonbd_block_status (struct gonbd *g, const char *context,
                     uint32_t **entries, size_t *nr_entries,
                     struct gonbd_err *err)
 {
-  struct gonbd_cmd c = { .state = 0, .context = context };
+  struct gonbd_cmd c = {
+    .state = 0, .context = context,
+    .deadline = g->timeout_ms > 0 ? now_ms () + g->timeout_ms : -1
+  };
   int64_t cookie;
   int r;
 

@@ -28,9 +28,12 @@ struct gonbd {
   int leader;                   /* a thread is polling the socket */
   struct gonbd_cmd *waiters;    /* commands whose threads sleep */
   int wake_fd;                  /* eventfd: wakes the leader's poll */
+  int64_t timeout_ms;           /* per command and for connecting; 0: none */
+  _Atomic int timed_out;        /* a command timed out: connection killed */
+  int opt_done, opt_error;      /* gonbd_opt_go's completion */
 };
 
-/* handle.c */
+/* handle.c, and connect.c for connect_* and opt_go */
 struct gonbd *gonbd_create (struct gonbd_err *err);
 void gonbd_close (struct gonbd *g);
 int gonbd_set_export_name (struct gonbd *g, const char *name, struct gonbd_err *err);
@@ -63,6 +66,7 @@ char *gonbd_get_export_description (struct gonbd *g, struct gonbd_err *err);
 char *gonbd_get_canonical_export_name (struct gonbd *g, struct gonbd_err *err);
 int gonbd_supports_tls (struct gonbd *g);
 int gonbd_supports_uri (struct gonbd *g);
+int gonbd_is_dead (struct gonbd *g);
 
 /* Flags that gonbd_get_flag reads. */
 enum gonbd_flag {

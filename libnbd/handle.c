@@ -85,19 +85,6 @@ WRAP (set_tls_username, (struct gonbd *g, const char *name, struct gonbd_err *er
       (g->nbd, name))
 WRAP (set_tls_psk_file, (struct gonbd *g, const char *file, struct gonbd_err *err),
       (g->nbd, file))
-WRAP (connect_unix, (struct gonbd *g, const char *path, struct gonbd_err *err),
-      (g->nbd, path))
-WRAP (connect_tcp, (struct gonbd *g, const char *host, const char *port, struct gonbd_err *err),
-      (g->nbd, host, port))
-WRAP (connect_vsock, (struct gonbd *g, uint32_t cid, uint32_t port, struct gonbd_err *err),
-      (g->nbd, cid, port))
-WRAP (connect_uri, (struct gonbd *g, const char *uri, struct gonbd_err *err),
-      (g->nbd, uri))
-WRAP (connect_socket, (struct gonbd *g, int fd, struct gonbd_err *err),
-      (g->nbd, fd))
-WRAP (connect_systemd_socket_activation, (struct gonbd *g, char **argv, struct gonbd_err *err),
-      (g->nbd, argv))
-WRAP (opt_go, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
 WRAP (opt_info, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
 WRAP (opt_abort, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
 WRAP (can_meta_context, (struct gonbd *g, const char *name, struct gonbd_err *err),
@@ -173,6 +160,13 @@ gonbd_get_canonical_export_name (struct gonbd *g, struct gonbd_err *err)
 
 int gonbd_supports_tls (struct gonbd *g) { return nbd_supports_tls (g->nbd); }
 int gonbd_supports_uri (struct gonbd *g) { return nbd_supports_uri (g->nbd); }
+
+/* Whether the connection has failed or been closed. */
+int
+gonbd_is_dead (struct gonbd *g)
+{
+  return nbd_aio_is_dead (g->nbd) == 1 || nbd_aio_is_closed (g->nbd) == 1;
+}
 
 /* Debug messages go to a Go function (gonbdDebug), named by a cgo.Handle. */
 static int

@@ -19,6 +19,7 @@ import "C"
 import (
 	"errors"
 	"runtime/cgo"
+	"time"
 	"unsafe"
 )
 
@@ -185,6 +186,22 @@ func (h *Handle) SetDebug(on bool, f func(context, msg string)) error {
 func gonbdDebug(f C.uintptr_t, context, msg *C.char) {
 	cgo.Handle(f).Value().(func(string, string))(C.GoString(context), C.GoString(msg))
 }
+
+// SetTimeout bounds connecting (Connect*, OptGo) and every command: one
+// the server has not answered in d fails with ETIMEDOUT, and since NBD
+// cannot cancel a request, the connection is closed (see commands.c).
+// Zero means no limit.  Set it before connecting.
+func (h *Handle) SetTimeout(d time.Duration) {
+	ms := d.Milliseconds()
+	if d > 0 && ms == 0 {
+		ms = 1
+	}
+	h.c.timeout_ms = C.int64_t(ms)
+}
+
+// Dead reports whether the connection has failed or been closed: after
+// an error, it tells a failed connection from a server's error reply.
+func (h *Handle) Dead() bool { return C.gonbd_is_dead(h.c) == 1 }
 
 // SupportsTLS reports whether libnbd was built with TLS.
 func (h *Handle) SupportsTLS() bool { return C.gonbd_supports_tls(h.c) == 1 }

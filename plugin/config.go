@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"nbdkit-nbd-go-plugin/libnbd"
 	"nbdkit-nbd-go-plugin/nbdkit"
@@ -27,6 +29,10 @@ type config struct {
 	retry         uint
 	shared        bool
 	sharedGiven   bool
+
+	// Beyond the C plugin; zero keeps its behaviour.
+	reconnectDelay time.Duration // reconnect-delay=
+	timeout        time.Duration // timeout=
 
 	tls             libnbd.TLSMode
 	tlsGiven        bool
@@ -57,6 +63,10 @@ dynamic-export=<BOOL>  Pass each client's export name to the server.
 retry=<N>              Retry a failed connection N times, 1 s apart (default 0).
 shared=<BOOL>          One server connection for all clients (default false;
                        true for command= and socket-fd=).
+reconnect-delay=<SECS> Replace a failed server connection, resending its
+                       requests, for up to SECS seconds (default 0: off).
+timeout=<SECS>         Fail a request the server has not answered in SECS
+                       seconds, and connecting too (default 0: none).
 tls=<MODE>             TLS to the server: off, on, or require.
 tls-certificates=<DIR> Directory of X.509 client certificates.
 tls-verify=<BOOL>      Verify the server's certificate (default true).
@@ -106,6 +116,10 @@ func configKey(key, value string) error {
 	case "shared":
 		cfg.shared, err = parseBool(key, value)
 		cfg.sharedGiven = true
+	case "reconnect-delay":
+		cfg.reconnectDelay, err = parseSeconds(key, value)
+	case "timeout":
+		cfg.timeout, err = parseSeconds(key, value)
 	case "tls":
 		cfg.tls, err = parseTLS(value)
 		cfg.tlsGiven = true
@@ -146,6 +160,16 @@ func parseUint(key, value string, bits int) (uint64, error) {
 		return 0, fmt.Errorf("%s=%s: not a non-negative whole number", key, value)
 	}
 	return n, nil
+}
+
+// parseSeconds parses a non-negative number of seconds, such as 10 or
+// 0.5.
+func parseSeconds(key, value string) (time.Duration, error) {
+	f, err := strconv.ParseFloat(value, 64)
+	if err != nil || math.IsNaN(f) || f < 0 || f > 1e6 || strings.ContainsAny(value, "xXpP_") {
+		return 0, fmt.Errorf("%s=%s: not a number of seconds (such as 10 or 0.5)", key, value)
+	}
+	return time.Duration(f * float64(time.Second)), nil
 }
 
 // parseBool takes the booleans nbdkit_parse_bool takes, with a one-line

@@ -13,7 +13,7 @@ import (
 // (for listing exports and asking for names).
 func dialUpstream(export string, optMode bool) (*libnbd.Handle, error) {
 	for attempt := uint(0); ; attempt++ {
-		h, err := connectOnce(export, optMode)
+		h, err := connectOnce(export, optMode, cfg.timeout)
 		if err == nil {
 			return h, nil
 		}
@@ -25,11 +25,14 @@ func dialUpstream(export string, optMode bool) (*libnbd.Handle, error) {
 	}
 }
 
-func connectOnce(export string, optMode bool) (*libnbd.Handle, error) {
+// connectOnce makes one attempt; connecting and each later command are
+// bounded by timeout (0: none).
+func connectOnce(export string, optMode bool, timeout time.Duration) (*libnbd.Handle, error) {
 	h, err := libnbd.Create()
 	if err != nil {
 		return nil, err
 	}
+	h.SetTimeout(timeout)
 	if err := setUp(h, export, optMode); err != nil {
 		h.Close()
 		return nil, err

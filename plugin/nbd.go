@@ -22,14 +22,13 @@ const Version = "1.0.0"
 // conn is one client's state: its server connection (its own, or the
 // shared one) and whether the client is read-only.
 type conn struct {
-	h        *libnbd.Handle
+	up       *upstream
 	readonly bool
-	shared   bool
 }
 
 // sharedConn is the one server connection of shared=true, opened after
 // nbdkit forks and closed at unload.
-var sharedConn *libnbd.Handle
+var sharedConn *upstream
 
 // Plugin is the plugin, for nbdkit.Register.
 var Plugin = &nbdkit.Plugin[*conn]{
@@ -55,12 +54,12 @@ var Plugin = &nbdkit.Plugin[*conn]{
 	GetSize:           getSize,
 	BlockSize:         blockSize,
 	CanWrite:          canWrite,
-	CanFlush:          func(c *conn) (bool, error) { return c.h.CanFlush() },
-	IsRotational:      func(c *conn) (bool, error) { return c.h.IsRotational() },
-	CanTrim:           func(c *conn) (bool, error) { return c.h.CanTrim() },
-	CanZero:           func(c *conn) (bool, error) { return c.h.CanZero() },
-	CanFastZero:       func(c *conn) (bool, error) { return c.h.CanFastZero() },
-	CanMultiConn:      func(c *conn) (bool, error) { return c.h.CanMultiConn() },
+	CanFlush:          func(c *conn) (bool, error) { return c.up.facts.flush, nil },
+	IsRotational:      func(c *conn) (bool, error) { return c.up.facts.rotational, nil },
+	CanTrim:           func(c *conn) (bool, error) { return c.up.facts.trim, nil },
+	CanZero:           func(c *conn) (bool, error) { return c.up.facts.zero, nil },
+	CanFastZero:       func(c *conn) (bool, error) { return c.up.facts.fastZero, nil },
+	CanMultiConn:      func(c *conn) (bool, error) { return c.up.facts.multiConn, nil },
 	CanExtents:        canExtents,
 	CanFUA:            canFUA,
 	CanCache:          canCache,
@@ -88,17 +87,17 @@ func afterFork() error {
 	if !cfg.shared {
 		return nil
 	}
-	h, err := dialUpstream(cfg.export, false)
+	up, err := newUpstream(cfg.export)
 	if err != nil {
 		return err
 	}
-	sharedConn = h
+	sharedConn = up
 	return nil
 }
 
 func unload() {
 	if sharedConn != nil {
-		sharedConn.Close()
+		sharedConn.close()
 		sharedConn = nil
 	}
 }
@@ -151,7 +150,7 @@ func defaultExport(readonly, isTLS bool) (string, error) {
 
 func open(readonly bool) (*conn, error) {
 	if cfg.shared {
-		return &conn{h: sharedConn, readonly: readonly, shared: true}, nil
+		return &conn{up: sharedConn, readonly: readonly}, nil
 	}
 	export := cfg.export
 	if cfg.dynamicExport {
@@ -161,67 +160,48 @@ func open(readonly bool) (*conn, error) {
 		}
 		export = name
 	}
-	h, err := dialUpstream(export, false)
+	up, err := newUpstream(export)
 	if err != nil {
 		return nil, err
 	}
-	return &conn{h: h, readonly: readonly}, nil
+	return &conn{up: up, readonly: readonly}, nil
 }
 
 // closeConn ends a client's own server connection politely.
 func closeConn(c *conn) {
-	if c.shared {
-		return
+	if c.up != sharedConn {
+		c.up.close()
 	}
-	c.h.Shutdown()
-	c.h.Close()
 }
 
-func exportDescription(c *conn) (string, error) {
-	d, err := c.h.GetExportDescription()
-	if err != nil {
-		return "", nil // the server gave none
-	}
-	return d, nil
-}
+// The export's properties are those of the first connection, which a
+// replacement connection must match (see upstream.go).
 
-func getSize(c *conn) (int64, error) { return c.h.GetSize() }
+func exportDescription(c *conn) (string, error) { return c.up.facts.description, nil }
+
+func getSize(c *conn) (int64, error) { return c.up.facts.size, nil }
 
 func blockSize(c *conn) (uint32, uint32, uint32, error) {
-	var sizes [3]uint32
-	for i, which := range []int{libnbd.SizeMinimum, libnbd.SizePreferred, libnbd.SizeMaximum} {
-		n, err := c.h.GetBlockSize(which)
-		if err != nil {
-			return 0, 0, 0, err
-		}
-		sizes[i] = uint32(n)
-	}
-	return sizes[0], sizes[1], sizes[2], nil
+	f := &c.up.facts
+	return f.minimum, f.preferred, f.maximum, nil
 }
 
-func canWrite(c *conn) (bool, error) {
-	ro, err := c.h.IsReadOnly()
-	return !ro && !c.readonly, err
-}
+func canWrite(c *conn) (bool, error) { return !c.up.facts.readOnly && !c.readonly, nil }
 
-func canExtents(c *conn) (bool, error) {
-	return c.h.CanMetaContext(libnbd.ContextBaseAllocation)
-}
+func canExtents(c *conn) (bool, error) { return c.up.facts.alloc, nil }
 
 func canFUA(c *conn) (nbdkit.FUAMode, error) {
-	ok, err := c.h.CanFUA()
-	if ok {
-		return nbdkit.FUANative, err
+	if c.up.facts.fua {
+		return nbdkit.FUANative, nil
 	}
-	return nbdkit.FUANone, err
+	return nbdkit.FUANone, nil
 }
 
 func canCache(c *conn) (nbdkit.CacheMode, error) {
-	ok, err := c.h.CanCache()
-	if ok {
-		return nbdkit.CacheNative, err
+	if c.up.facts.cache {
+		return nbdkit.CacheNative, nil
 	}
-	return nbdkit.CacheNone, err
+	return nbdkit.CacheNone, nil
 }
 
 // fua passes nbdkit's FUA flag on.
@@ -233,17 +213,19 @@ func fua(flags nbdkit.Flags) libnbd.CmdFlag {
 }
 
 func pread(c *conn, buf []byte, offset uint64, flags nbdkit.Flags) error {
-	return c.h.Pread(buf, offset, 0)
+	return c.up.do(func(h *libnbd.Handle) error { return h.Pread(buf, offset, 0) })
 }
 
 func pwrite(c *conn, buf []byte, offset uint64, flags nbdkit.Flags) error {
-	return c.h.Pwrite(buf, offset, fua(flags))
+	return c.up.do(func(h *libnbd.Handle) error { return h.Pwrite(buf, offset, fua(flags)) })
 }
 
-func flush(c *conn, flags nbdkit.Flags) error { return c.h.Flush(0) }
+func flush(c *conn, flags nbdkit.Flags) error {
+	return c.up.do(func(h *libnbd.Handle) error { return h.Flush(0) })
+}
 
 func trim(c *conn, count uint32, offset uint64, flags nbdkit.Flags) error {
-	return c.h.Trim(uint64(count), offset, fua(flags))
+	return c.up.do(func(h *libnbd.Handle) error { return h.Trim(uint64(count), offset, fua(flags)) })
 }
 
 // zero: without MAY_TRIM from nbdkit the server must not punch a hole.
@@ -255,7 +237,7 @@ func zero(c *conn, count uint32, offset uint64, flags nbdkit.Flags) error {
 	if flags&nbdkit.FlagFastZero != 0 {
 		f |= libnbd.CmdFlagFastZero
 	}
-	return c.h.Zero(uint64(count), offset, f)
+	return c.up.do(func(h *libnbd.Handle) error { return h.Zero(uint64(count), offset, f) })
 }
 
 // extents: nbdkit's extent flags are NBD's base:allocation flags.
@@ -264,7 +246,11 @@ func extents(c *conn, count uint32, offset uint64, flags nbdkit.Flags, e *nbdkit
 	if flags&nbdkit.FlagReqOne != 0 {
 		f = libnbd.CmdFlagReqOne
 	}
-	list, err := c.h.BlockStatus(libnbd.ContextBaseAllocation, uint64(count), offset, f)
+	var list []libnbd.Extent
+	err := c.up.do(func(h *libnbd.Handle) (err error) {
+		list, err = h.BlockStatus(libnbd.ContextBaseAllocation, uint64(count), offset, f)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -281,5 +267,5 @@ func extents(c *conn, count uint32, offset uint64, flags nbdkit.Flags, e *nbdkit
 }
 
 func cache(c *conn, count uint32, offset uint64, flags nbdkit.Flags) error {
-	return c.h.Cache(uint64(count), offset, 0)
+	return c.up.do(func(h *libnbd.Handle) error { return h.Cache(uint64(count), offset, 0) })
 }

@@ -1,0 +1,184 @@
+/* Connecting with a deadline.  libnbd's synchronous connect calls wait
+ * as long as the server takes, which for a server that accepts and then
+ * stalls is forever.  These start the aio variant of the call and run
+ * the state machine here, in the same thread (so libnbd's error is still
+ * ours to capture), until the handshake is done, fails, or the handle's
+ * timeout passes.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gonbd.h"
+
+static int64_t
+now_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+timed_out (struct gonbd_err *err, const char *what)
+{
+  err->msg = strdup (what);
+  err->errnum = ETIMEDOUT;
+  return -1;
+}
+
+/* Run the state machine until done() says so, the connection dies, or
+ * the deadline (ms, -1: none) passes.
+ */
+static int
+run_until (struct gonbd *g, int (*done) (struct gonbd *), int64_t deadline,
+           const char *what, struct gonbd_err *err)
+{
+  struct pollfd pfd;
+  unsigned dir;
+  int timeout, r;
+
+  for (;;) {
+    if (done (g))
+      return 0;
+    if (nbd_aio_is_dead (g->nbd) || nbd_aio_is_closed (g->nbd)) {
+      gonbd_capture (err);
+      if (err->errnum == 0)
+        err->errnum = ENOTCONN;
+      return -1;
+    }
+    timeout = -1;
+    if (deadline >= 0) {
+      int64_t left = deadline - now_ms ();
+      if (left <= 0)
+        return timed_out (err, what);
+      timeout = left > 1000 ? 1000 : (int) left;
+    }
+    pfd.fd = nbd_aio_get_fd (g->nbd);
+    dir = nbd_aio_get_direction (g->nbd);
+    pfd.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+                 ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+    r = poll (&pfd, 1, timeout);
+    if (r == -1 && errno != EINTR) {
+      err->errnum = errno;
+      return -1;
+    }
+    if (r <= 0)
+      continue;
+    if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
+      r = nbd_aio_notify_read (g->nbd);
+    else if (pfd.revents & POLLOUT)
+      r = nbd_aio_notify_write (g->nbd);
+    if (r == -1) {
+      gonbd_capture (err);
+      return -1;
+    }
+  }
+}
+
+/* Connected: in transmission, or stopped in option mode. */
+static int
+connected (struct gonbd *g)
+{
+  return nbd_aio_is_ready (g->nbd) || nbd_aio_is_negotiating (g->nbd);
+}
+
+static int64_t
+deadline (struct gonbd *g)
+{
+  return g->timeout_ms > 0 ? now_ms () + g->timeout_ms : -1;
+}
+
+/* Start an aio connect (r is its result) and wait for the handshake. */
+static int
+finish_connect (struct gonbd *g, int r, struct gonbd_err *err)
+{
+  if (r == -1) {
+    gonbd_capture (err);
+    return -1;
+  }
+  return run_until (g, connected, deadline (g),
+                    "connecting to the server timed out", err);
+}
+
+int
+gonbd_connect_unix (struct gonbd *g, const char *path, struct gonbd_err *err)
+{
+  return finish_connect (g, nbd_aio_connect_unix (g->nbd, path), err);
+}
+
+int
+gonbd_connect_tcp (struct gonbd *g, const char *host, const char *port,
+                   struct gonbd_err *err)
+{
+  return finish_connect (g, nbd_aio_connect_tcp (g->nbd, host, port), err);
+}
+
+int
+gonbd_connect_vsock (struct gonbd *g, uint32_t cid, uint32_t port,
+                     struct gonbd_err *err)
+{
+  return finish_connect (g, nbd_aio_connect_vsock (g->nbd, cid, port), err);
+}
+
+int
+gonbd_connect_uri (struct gonbd *g, const char *uri, struct gonbd_err *err)
+{
+  return finish_connect (g, nbd_aio_connect_uri (g->nbd, uri), err);
+}
+
+int
+gonbd_connect_socket (struct gonbd *g, int fd, struct gonbd_err *err)
+{
+  return finish_connect (g, nbd_aio_connect_socket (g->nbd, fd), err);
+}
+
+int
+gonbd_connect_systemd_socket_activation (struct gonbd *g, char **argv,
+                                         struct gonbd_err *err)
+{
+  return finish_connect (g,
+      nbd_aio_connect_systemd_socket_activation (g->nbd, argv), err);
+}
+
+/* opt_go: the server's answer ends option mode, or, if it refuses the
+ * export, leaves the handle negotiating with the error in opt_error.
+ */
+static int
+on_opt_go (void *user_data, int *error)
+{
+  struct gonbd *g = user_data;
+
+  g->opt_error = *error;
+  g->opt_done = 1;
+  return 1;
+}
+
+static int
+opt_answered (struct gonbd *g)
+{
+  return g->opt_done;
+}
+
+int
+gonbd_opt_go (struct gonbd *g, struct gonbd_err *err)
+{
+  g->opt_done = g->opt_error = 0;
+  if (nbd_aio_opt_go (g->nbd, (nbd_completion_callback) {
+        .callback = on_opt_go, .user_data = g }) == -1) {
+    gonbd_capture (err);
+    return -1;
+  }
+  if (run_until (g, opt_answered, deadline (g),
+                 "negotiating with the server timed out", err) == -1)
+    return -1;
+  if (g->opt_error || !nbd_aio_is_ready (g->nbd)) {
+    err->msg = strdup ("nbd_opt_go: the server refused the export");
+    err->errnum = g->opt_error ? g->opt_error : ENOENT;
+    return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# Benchmark: nbdkit-nbd-go-plugin against nbdkit's C nbd plugin, qemu-nbd
+# as a proxy, and the backend server directly (the ceiling).
+#
+# Everything runs on this machine over loopback.  The backend is
+# `nbdkit memory 1G` filled with pseudo-random data.  For each transport
+# (Unix socket, TCP on 127.0.0.1, TLS-PSK on 127.0.0.1 between proxy and
+# server) fio's nbd engine runs a set of workloads against each target in
+# turn, alternating targets within a round so that a noisy neighbour hurts
+# all of them alike; each figure is the median of the rounds.  Over TLS
+# only the proxy->server hop is encrypted (the client->proxy hop stays
+# plain TCP); fio cannot speak TLS-PSK to the server, so TLS has no
+# "direct" column.
+#
+# Environment:
+#   BENCH_ROUNDS   rounds per scenario (default 3)
+#   BENCH_RUNTIME  seconds per fio run (default 5)
+#   BENCH_QUICK=1  short run: 1 round of 2 s, Unix socket and TCP only
+#   BENCH_TRANSPORTS  which transports, e.g. "unix tcp" (default "unix tcp tls")
+#   BENCH_WORKLOADS  subset of workloads by name (default: all five)
+#   BENCH_TARGETS  subset of "direct c go qemu" (default: all)
+#   BENCH_THREADS  nbdkit --threads for both nbdkit proxies (default: nbdkit's)
+#   PLUGIN         the plugin to test (default ./nbdkit-nbd-go-plugin.so)
+#
+# Prints one table.  IOPS/MiB/s: median of rounds.  RSS: VmHWM of the
+# proxy process at the end of its transport's runs.  Startup: time from
+# starting `nbdkit -f` (or qemu-nbd) to the first successful
+# `nbdinfo --size` through it, median of 5.
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+plugin=${PLUGIN:-$top/nbdkit-nbd-go-plugin.so}
+case $plugin in /*) ;; *) plugin=$PWD/$plugin ;; esac
+rounds=${BENCH_ROUNDS:-3}
+runtime=${BENCH_RUNTIME:-5}
+transports=${BENCH_TRANSPORTS:-unix tcp tls}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+  rounds=${BENCH_ROUNDS:-1}
+  runtime=${BENCH_RUNTIME:-2}
+  transports=${BENCH_TRANSPORTS:-unix tcp}
+fi
+threads=()
+[ -n "${BENCH_THREADS:-}" ] && threads=(--threads="$BENCH_THREADS")
+
+for t in nbdkit fio nbdinfo nbdcopy qemu-nbd psktool python3; do
+  command -v $t >/dev/null || { echo "bench: $t is missing" >&2; exit 1; }
+done
+[ -f "$plugin" ] || { echo "bench: $plugin not built (run make)" >&2; exit 1; }
+
+dir=$(mktemp -d /tmp/nbd-bench.XXXXXX)
+pids=()
+stop_all() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+  rm -f "$dir"/*.sock
+}
+cleanup() { stop_all; rm -rf "$dir"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$dir/res"
+psktool -u alice -p "$dir/keys.psk" >/dev/null 2>&1
+
+# Free TCP ports on 127.0.0.1, chosen by the kernel.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_ready URI [ARGS...]: until nbdinfo --size succeeds through URI.
+wait_ready() {
+  local u=$1 i
+  for i in $(seq 1000); do
+    nbdinfo --size "$u" >/dev/null 2>&1 && return 0
+    sleep 0.01
+  done
+  echo "bench: $u never became ready" >&2
+  return 1
+}
+
+# The workloads: name rw bs iodepth.
+workloads=(
+  "randread-4k-qd1 randread 4k 1"
+  "randread-4k-qd32 randread 4k 32"
+  "randwrite-4k-qd32 randwrite 4k 32"
+  "read-256k-qd8 read 256k 8"
+  "write-1M-qd4 write 1M 4"
+)
+
+if [ -n "${BENCH_WORKLOADS:-}" ]; then
+  sel=()
+  for w in "${workloads[@]}"; do
+    case " $BENCH_WORKLOADS " in *" ${w%% *} "*) sel+=("$w") ;; esac
+  done
+  workloads=("${sel[@]}")
+fi
+
+declare -A uri rsspid
+
+# start_targets TRANSPORT: the backend and the proxies in front of it.
+start_targets() {
+  local tr=$1 sport p
+  case $tr in
+  unix)
+    nbdkit -f -U "$dir/server.sock" memory 1G & pids+=($!)
+    uri[direct]="nbd+unix:///?socket=$dir/server.sock"
+    wait_ready "${uri[direct]}"
+    nbdcopy -- [ nbdkit random 1G ] "${uri[direct]}"
+    nbdkit -f "${threads[@]}" -U "$dir/c.sock" nbd socket="$dir/server.sock" & pids+=($!)
+    rsspid[c]=$!; uri[c]="nbd+unix:///?socket=$dir/c.sock"
+    nbdkit -f "${threads[@]}" -U "$dir/go.sock" "$plugin" socket="$dir/server.sock" & pids+=($!)
+    rsspid[go]=$!; uri[go]="nbd+unix:///?socket=$dir/go.sock"
+    qemu-nbd -t -k "$dir/qemu.sock" -f raw "nbd+unix:///?socket=$dir/server.sock" & pids+=($!)
+    rsspid[qemu]=$!; uri[qemu]="nbd+unix:///?socket=$dir/qemu.sock"
+    ;;
+  tcp|tls)
+    local tls=() ptls=()
+    sport=$(free_port)
+    uri[direct]="nbd://127.0.0.1:$sport"
+    if [ "$tr" = tls ]; then
+      tls=(--tls=require --tls-psk="$dir/keys.psk")
+      ptls=(tls=require tls-psk="$dir/keys.psk" tls-username=alice)
+      uri[direct]="nbds://alice@127.0.0.1:$sport/?tls-psk-file=$dir/keys.psk"
+    fi
+    nbdkit -f -i 127.0.0.1 -p "$sport" "${tls[@]}" memory 1G & pids+=($!)
+    wait_ready "${uri[direct]}"
+    nbdcopy -- [ nbdkit random 1G ] "${uri[direct]}"
+    p=$(free_port)
+    nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" nbd hostname=127.0.0.1 port="$sport" "${ptls[@]}" & pids+=($!)
+    rsspid[c]=$!; uri[c]="nbd://127.0.0.1:$p"
+    wait_ready "${uri[c]}"
+    p=$(free_port)
+    nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" "$plugin" hostname=127.0.0.1 port="$sport" "${ptls[@]}" & pids+=($!)
+    rsspid[go]=$!; uri[go]="nbd://127.0.0.1:$p"
+    unset 'rsspid[qemu]' 'uri[qemu]'
+    ;;
+  esac
+  for p in c go qemu; do
+    if [ -n "${uri[$p]:-}" ]; then wait_ready "${uri[$p]}"; fi
+  done
+}
+
+run_fio() {
+  local out=$1 u=$2 rw=$3 bs=$4 qd=$5
+  fio --name=bench --ioengine=nbd --uri="$u" --rw="$rw" --bs="$bs" \
+      --iodepth="$qd" --time_based --runtime="$runtime" --size=1G \
+      --output-format=json --output="$out" >/dev/null 2>"$out.err" ||
+    { echo "bench: fio failed against $u:" >&2; cat "$out.err" >&2; return 1; }
+}
+
+# Startup: median of 5 of (start -> first nbdinfo --size through it).
+measure_startup() {
+  local name=$1 i t0 t1 pid sock=$dir/start.sock
+  shift
+  for i in 1 2 3 4 5; do
+    rm -f "$sock"
+    t0=$(date +%s%N)
+    "$@" & pid=$!
+    until nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1; do
+      kill -0 $pid 2>/dev/null || { echo "bench: $name died at startup" >&2; return 1; }
+      sleep 0.002
+    done
+    t1=$(date +%s%N)
+    kill $pid; wait $pid 2>/dev/null || true
+    echo $(( (t1 - t0) / 1000 )) >> "$dir/res/startup_$name"
+  done
+}
+
+started=$(date +%s)
+echo "bench: rounds=$rounds runtime=${runtime}s transports: $transports; results in table at the end" >&2
+
+nbdkit -f -U "$dir/server.sock" memory 1G & pids+=($!)
+wait_ready "nbd+unix:///?socket=$dir/server.sock"
+measure_startup c nbdkit -f "${threads[@]}" -U "$dir/start.sock" nbd socket="$dir/server.sock"
+measure_startup go nbdkit -f "${threads[@]}" -U "$dir/start.sock" "$plugin" socket="$dir/server.sock"
+measure_startup qemu qemu-nbd -t -k "$dir/start.sock" -f raw "nbd+unix:///?socket=$dir/server.sock"
+stop_all
+
+for tr in $transports; do
+  uri=(); rsspid=()
+  start_targets "$tr"
+  targets="direct c go"
+  # fio's nbd engine refuses URIs that name local files (tls-psk-file),
+  # so over TLS there is no direct figure: use TCP's as the ceiling.
+  [ "$tr" = tls ] && targets="c go"
+  [ -n "${uri[qemu]:-}" ] && targets="$targets qemu"
+  if [ -n "${BENCH_TARGETS:-}" ]; then
+    sel=
+    for t in $targets; do
+      case " $BENCH_TARGETS " in *" $t "*) sel="$sel $t" ;; esac
+    done
+    targets=$sel
+  fi
+  for r in $(seq "$rounds"); do
+    for w in "${workloads[@]}"; do
+      set -- $w
+      [ -n "$targets" ] || continue
+      for t in $targets; do
+        echo "bench: $tr round $r/$rounds $1 $t" >&2
+        run_fio "$dir/res/$tr,$1,$t,$r.json" "${uri[$t]}" "$2" "$3" "$4"
+      done
+    done
+  done
+  for t in c go qemu; do
+    [ -n "${rsspid[$t]:-}" ] || continue
+    awk '/^VmHWM/ {print $2}' "/proc/${rsspid[$t]}/status" > "$dir/res/rss_${tr}_$t"
+  done
+  stop_all
+done
+echo "bench: took $(( $(date +%s) - started )) s" >&2
+
+python3 - "$dir/res" "$transports" <<'EOF'
+import json, os, statistics, sys
+res, transports = sys.argv[1], sys.argv[2].split()
+wls = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32",
+       "read-256k-qd8", "write-1M-qd4"]
+targets = ["direct", "c", "go", "qemu"]
+runs = {}
+for f in os.listdir(res):
+    if not f.endswith(".json"):
+        continue
+    tr, wl, t, r = f[:-5].split(",")
+    with open(os.path.join(res, f)) as fh:
+        j = json.load(fh)["jobs"][0]
+    side = j["read"] if j["read"]["io_bytes"] else j["write"]
+    runs.setdefault((tr, wl, t), []).append((side["iops"], side["bw_bytes"] / 2**20))
+
+def med(tr, wl, t):
+    v = runs.get((tr, wl, t))
+    if not v:
+        return None
+    return (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+
+def ratio(a, b):
+    return "%.2f" % (a / b) if a and b else "-"
+
+hdr = ("scenario", "direct", "C nbd", "ours", "qemu-nbd", "ours/C", "ours/direct")
+rows = []
+for tr in transports:
+    for wl in wls:
+        m = {t: med(tr, wl, t) for t in targets}
+        if not any(m.values()):
+            continue
+        cell = lambda t: "-" if m[t] is None else "%.0f/%.0f" % m[t]
+        g, c, d = m["go"], m["c"], m["direct"]
+        rows.append(("%s %s" % (tr, wl), cell("direct"), cell("c"), cell("go"),
+                     cell("qemu"), ratio(g and g[0], c and c[0]),
+                     ratio(g and g[0], d and d[0])))
+for tr in transports:
+    def rss(t):
+        p = os.path.join(res, "rss_%s_%s" % (tr, t))
+        return int(open(p).read()) / 1024 if os.path.exists(p) else None
+    r = {t: rss(t) for t in ("c", "go", "qemu")}
+    f = lambda x: "-" if x is None else "%.1f" % x
+    rows.append(("%s peak RSS MiB" % tr, "-", f(r["c"]), f(r["go"]), f(r["qemu"]),
+                 "%+.1f" % (r["go"] - r["c"]) if r["go"] and r["c"] else "-", "-"))
+def startup(t):
+    p = os.path.join(res, "startup_" + t)
+    return statistics.median(int(x) for x in open(p)) / 1000 if os.path.exists(p) else None
+s = {t: startup(t) for t in ("c", "go", "qemu")}
+f = lambda x: "-" if x is None else "%.0f" % x
+rows.append(("startup ms (unix)", "-", f(s["c"]), f(s["go"]), f(s["qemu"]),
+             "%+.0f" % (s["go"] - s["c"]) if s["go"] and s["c"] else "-", "-"))
+w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+print("IOPS/MiB/s, median of rounds; ratios are of IOPS (RSS, startup: ours-C)")
+for i, row in enumerate([hdr] + rows):
+    print("  ".join(str(x).ljust(w[k]) if k == 0 else str(x).rjust(w[k])
+                    for k, x in enumerate(row)))
+    if i == 0:
+        print("  ".join("-" * x for x in w))
+EOF
