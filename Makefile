@@ -61,6 +61,18 @@ check: $(PLUGIN)
 	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin
 	$(GO) test -count=1 -timeout 12m ./tests
 
+# A short fuzzing run of the configuration parser (seeds in
+# plugin/testdata/fuzz).
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzConfig -fuzztime 10s ./plugin
+
+# The whole suite once more with cgo's strict pointer checks compiled in.
+check-cgocheck2:
+	$(MAKE) clean
+	GOEXPERIMENT=cgocheck2 $(MAKE) $(PLUGIN)
+	$(GO) test -count=1 -short -timeout 12m ./tests
+	$(MAKE) clean
+
 demo: $(PLUGIN)
 	./tests/demo.sh
 
@@ -103,4 +115,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all check demo bench install uninstall clean distclean dist distcheck
+.PHONY: all check fuzz check-cgocheck2 demo bench install uninstall clean distclean dist distcheck

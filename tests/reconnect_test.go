@@ -79,7 +79,7 @@ func TestReconnectFioVerify(t *testing.T) {
 	proxy := startProxy(t, "socket="+server.sock, "reconnect-delay=10")
 	fio := exec.Command("fio", "--name=reconnect", "--ioengine=nbd", "--uri="+unixURI(proxy),
 		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=32M", "--rate_iops=4000",
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1")
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
 	var out bytes.Buffer
 	fio.Stdout, fio.Stderr = &out, &out
 	if err := fio.Start(); err != nil {
