@@ -203,6 +203,11 @@ func (h *Handle) SetTimeout(d time.Duration) {
 // an error, it tells a failed connection from a server's error reply.
 func (h *Handle) Dead() bool { return C.gonbd_is_dead(h.c) == 1 }
 
+// CHandle is the handle for C code built against gonbd.h, which may
+// call gonbd_command on it from any thread, as the command methods do.
+// It is valid until Close.
+func (h *Handle) CHandle() unsafe.Pointer { return unsafe.Pointer(h.c) }
+
 // SupportsTLS reports whether libnbd was built with TLS.
 func (h *Handle) SupportsTLS() bool { return C.gonbd_supports_tls(h.c) == 1 }
 

@@ -322,14 +322,77 @@ loader_default_export (int ro, int tls)
   return go->default_export (ro, tls);
 }
 
+/* nbdkit's handle: the Go handle and the connection's direct data path,
+ * if the Go plugin gave one (see struct nbdkitgo_direct in abi.h).
+ */
+struct handle {
+  uintptr_t go;
+  const struct nbdkitgo_direct *direct;
+};
+
 static void *
 loader_open (int ro)
 {
-  return (void *) go->open (ro);
+  struct handle *h;
+  uintptr_t g = go->open (ro);
+
+  if (g == 0)
+    return NULL;
+  h = malloc (sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("malloc: %m");
+    go->close (g);
+    return NULL;
+  }
+  h->go = g;
+  h->direct = go->direct (g);
+  return h;
 }
 
-#define H ((uintptr_t) h)
-static void loader_close (void *h) { go->close (H); }
+#define H (((struct handle *) h)->go)
+#define DIRECT(name) \
+  (((struct handle *) h)->direct ? ((struct handle *) h)->direct->name : NULL)
+#define CTX (((struct handle *) h)->direct->ctx)
+
+static void
+loader_close (void *h)
+{
+  go->close (H);
+  free (h);
+}
+
+/* A direct data path function's verdict: 0 or an errno (>0). */
+static int
+direct_result (int r, const char *op, char *msg)
+{
+  if (r > 0) {
+    if (msg)
+      nbdkit_error ("%s", msg);
+    else
+      nbdkit_error ("%s: %s", op, strerror (r));
+    nbdkit_set_error (r);
+    r = -1;
+  }
+  free (msg);
+  return r;
+}
+
+/* Serve a data request on the connection's direct path, unless it has
+ * none or passes (-1); then in Go.
+ */
+#define SERVE(name, direct_args, go_args)                       \
+  do {                                                          \
+    char *msg = NULL;                                           \
+    int r;                                                      \
+    if (DIRECT (name)) {                                        \
+      r = DIRECT (name) direct_args;                            \
+      if (r != -1)                                              \
+        return direct_result (r, #name, msg);                   \
+      free (msg);                                               \
+    }                                                           \
+    return go->name go_args;                                    \
+  } while (0)
+
 static const char *loader_export_description (void *h) { return go->export_description (H); }
 static int64_t loader_get_size (void *h) { return go->get_size (H); }
 
@@ -350,32 +413,40 @@ static int loader_can_fua (void *h) { return go->can_fua (H); }
 static int loader_can_multi_conn (void *h) { return go->can_multi_conn (H); }
 static int loader_can_cache (void *h) { return go->can_cache (H); }
 
+/* Data requests: the direct path first, if any, then Go. */
+
 static int
 loader_pread (void *h, void *buf, uint32_t count, uint64_t offset,
               uint32_t flags)
 {
-  return go->pread (H, buf, count, offset, flags);
+  SERVE (pread, (CTX, buf, count, offset, flags, &msg),
+         (H, buf, count, offset, flags));
 }
 
 static int
 loader_pwrite (void *h, const void *buf, uint32_t count, uint64_t offset,
                uint32_t flags)
 {
-  return go->pwrite (H, buf, count, offset, flags);
+  SERVE (pwrite, (CTX, buf, count, offset, flags, &msg),
+         (H, buf, count, offset, flags));
 }
 
-static int loader_flush (void *h, uint32_t flags) { return go->flush (H, flags); }
+static int
+loader_flush (void *h, uint32_t flags)
+{
+  SERVE (flush, (CTX, flags, &msg), (H, flags));
+}
 
 static int
 loader_trim (void *h, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return go->trim (H, count, offset, flags);
+  SERVE (trim, (CTX, count, offset, flags, &msg), (H, count, offset, flags));
 }
 
 static int
 loader_zero (void *h, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return go->zero (H, count, offset, flags);
+  SERVE (zero, (CTX, count, offset, flags, &msg), (H, count, offset, flags));
 }
 
 static int
@@ -388,9 +459,11 @@ loader_extents (void *h, uint32_t count, uint64_t offset, uint32_t flags,
 static int
 loader_cache (void *h, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return go->cache (H, count, offset, flags);
+  SERVE (cache, (CTX, count, offset, flags, &msg), (H, count, offset, flags));
 }
 #undef H
+#undef DIRECT
+#undef CTX
 
 /* IF(name) gives loader_name when the Go plugin implements name. */
 #define IF(name) (NBDKITGO_HAS_##name ? loader_##name : NULL)

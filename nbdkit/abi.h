@@ -50,6 +50,34 @@ struct nbdkitgo_host {
   int *const *debug_flags;
 };
 
+/* nbdkit's request flags (nbdkit-common.h), for direct data paths. */
+#define NBDKITGO_FLAG_MAY_TRIM  (1 << 0)
+#define NBDKITGO_FLAG_FUA       (1 << 1)
+#define NBDKITGO_FLAG_REQ_ONE   (1 << 2)
+#define NBDKITGO_FLAG_FAST_ZERO (1 << 3)
+
+/* A direct data path: C functions a Go plugin may attach to a
+ * connection (Plugin.Direct) so that the loader serves data requests
+ * without entering Go.  Each returns 0 on success; an errno to fail the
+ * request with (*msg, if set, is a malloc'd message the loader logs and
+ * frees); or -1 to hand the request to the Go callback instead.  A NULL
+ * entry always goes to Go.
+ */
+struct nbdkitgo_direct {
+  void *ctx;
+  int (*pread) (void *ctx, void *buf, uint32_t count, uint64_t offset,
+                uint32_t flags, char **msg);
+  int (*pwrite) (void *ctx, const void *buf, uint32_t count,
+                 uint64_t offset, uint32_t flags, char **msg);
+  int (*flush) (void *ctx, uint32_t flags, char **msg);
+  int (*trim) (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
+               char **msg);
+  int (*zero) (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
+               char **msg);
+  int (*cache) (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
+                char **msg);
+};
+
 /* The Go library's callbacks, with nbdkit's signatures except for the
  * handle.  An entry is used only if the descriptor says the Go plugin
  * implements it.
@@ -94,6 +122,8 @@ struct nbdkitgo_ops {
   int (*extents) (uintptr_t h, uint32_t count, uint64_t offset,
                   uint32_t flags, struct nbdkit_extents *);
   int (*cache) (uintptr_t h, uint32_t count, uint64_t offset, uint32_t flags);
+  /* The connection's direct data path, or NULL: asked once, after open. */
+  const struct nbdkitgo_direct *(*direct) (uintptr_t h);
 };
 
 /* The one symbol the loader looks up in the Go library. */

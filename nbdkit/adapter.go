@@ -3,6 +3,7 @@ package nbdkit
 import (
 	"fmt"
 	"runtime/cgo"
+	"unsafe"
 )
 
 // callbacks is the registered plugin with its handle type erased, as
@@ -36,6 +37,7 @@ type callbacks interface {
 	zero(h uintptr, count uint32, offset uint64, flags Flags) error
 	extents(h uintptr, count uint32, offset uint64, flags Flags, e *Extents) error
 	cache(h uintptr, count uint32, offset uint64, flags Flags) error
+	direct(h uintptr) unsafe.Pointer
 }
 
 // boolCallback names the callbacks that answer yes or no.
@@ -184,4 +186,11 @@ func (a *adapter[H]) extents(h uintptr, count uint32, offset uint64, flags Flags
 
 func (a *adapter[H]) cache(h uintptr, count uint32, offset uint64, flags Flags) error {
 	return a.p.Cache(a.handle(h), count, offset, flags)
+}
+
+func (a *adapter[H]) direct(h uintptr) unsafe.Pointer {
+	if a.p.Direct == nil {
+		return nil
+	}
+	return a.p.Direct(a.handle(h))
 }

@@ -333,3 +333,14 @@ func intern(s string) *C.char {
 	defer C.free(unsafe.Pointer(cs))
 	return C.host_strdup_intern(cs)
 }
+
+//export nbdkitgo_direct
+func nbdkitgo_direct(h C.uintptr_t) (r unsafe.Pointer) {
+	defer func() {
+		if p := recover(); p != nil {
+			report(fmt.Errorf("internal error: %v", p))
+			r = nil
+		}
+	}()
+	return registered.direct(uintptr(h))
+}

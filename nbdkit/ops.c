@@ -44,4 +44,5 @@ const struct nbdkitgo_ops nbdkitgo_ops = {
   .zero = nbdkitgo_zero,
   .extents = nbdkitgo_extents,
   .cache = nbdkitgo_cache,
+  .direct = (const struct nbdkitgo_direct *(*) (uintptr_t)) nbdkitgo_direct,
 };

@@ -18,7 +18,10 @@
 //   - Config runs with the working directory nbdkit had at start-up.
 package nbdkit
 
-import "sync"
+import (
+	"sync"
+	"unsafe"
+)
 
 // ThreadModel is nbdkit's thread model.
 type ThreadModel int
@@ -120,6 +123,14 @@ type Plugin[H any] struct {
 	Zero    func(h H, count uint32, offset uint64, flags Flags) error
 	Extents func(h H, count uint32, offset uint64, flags Flags, extents *Extents) error
 	Cache   func(h H, count uint32, offset uint64, flags Flags) error
+
+	// Direct, if set, is asked once per connection, after Open, for a
+	// C struct nbdkitgo_direct (abi.h) that stays valid until Close, or
+	// nil.  Its functions then serve data requests without entering Go,
+	// falling back to the callbacks above when they return -1: entering
+	// the Go runtime on every request costs scheduler work (P hand-offs,
+	// futex wake-ups, sysmon) that a fast proxy cannot afford.
+	Direct func(h H) unsafe.Pointer
 }
 
 var (

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"nbdkit-nbd-go-plugin/libnbd"
 	"nbdkit-nbd-go-plugin/nbdkit"
@@ -38,7 +39,7 @@ var Plugin = &nbdkit.Plugin[*conn]{
 	Description:    "Forward to another NBD server",
 	ConfigHelp:     configHelp,
 	MagicConfigKey: "uri",
-	DebugFlags:     []string{"verbose"},
+	DebugFlags:     []string{"verbose", "godata"},
 
 	Unload:         unload,
 	DumpPlugin:     dumpPlugin,
@@ -70,6 +71,17 @@ var Plugin = &nbdkit.Plugin[*conn]{
 	Zero:              zero,
 	Extents:           extents,
 	Cache:             cache,
+	Direct:            direct,
+}
+
+// direct gives the loader the connection's C data path, so that data
+// requests do not enter Go (see direct.c); -D nbd-go.godata=1 turns it
+// off, for tests of the Go callbacks and for comparison.
+func direct(c *conn) unsafe.Pointer {
+	if c.up.direct == nil || nbdkit.DebugFlag("godata") != 0 {
+		return nil
+	}
+	return c.up.direct.ops()
 }
 
 func dumpPlugin() {

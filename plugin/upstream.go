@@ -24,6 +24,9 @@ type upstream struct {
 	// must show the same, or it is not used.
 	facts serverFacts
 
+	// direct serves data requests without entering Go (direct.c).
+	direct *directPath
+
 	mu        sync.Mutex
 	redialing bool
 	changed   chan struct{}    // closed when a redial ends
@@ -43,6 +46,7 @@ func newUpstream(export string) (*upstream, error) {
 	}
 	u := &upstream{export: export, facts: facts, changed: make(chan struct{})}
 	u.h.Store(h)
+	u.direct = newDirectPath(h, cfg.reconnectDelay > 0)
 	return u, nil
 }
 
@@ -57,6 +61,10 @@ func (u *upstream) close() {
 		r.Close()
 	}
 	u.retired = nil
+	if u.direct != nil {
+		u.direct.free()
+		u.direct = nil
+	}
 }
 
 // do runs op on the current connection.  With reconnect-delay, if the
@@ -152,6 +160,9 @@ func (u *upstream) redial(old *libnbd.Handle, deadline time.Time) {
 	if h != nil {
 		u.retired = append(u.retired, old)
 		u.h.Store(h)
+		if u.direct != nil {
+			u.direct.set(h)
+		}
 		nbdkit.Debugf("reconnected to the server")
 	}
 	u.redialing = false
