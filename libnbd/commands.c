@@ -101,14 +101,36 @@ futex_wake (_Atomic unsigned *word)
   syscall (SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-/* Set bits in a command's state; wake its thread if it sleeps.  After
- * DONE is set the record may vanish at any moment: a late futex_wake on
- * its address is harmless (waits re-check their condition).
+/* Wake-ups the leader owes, made after libnbd's lock is released: a
+ * futex_wake inside a completion callback would lengthen the time every
+ * thread issuing a command waits for that lock.  Addresses, not records,
+ * are kept: a record may vanish once DONE is set, and a late futex_wake
+ * on its address is harmless (waits re-check their condition).
  */
+#define MAX_DEFERRED 64
+static __thread int deferring;
+static __thread int nr_deferred;
+static __thread _Atomic unsigned *deferred[MAX_DEFERRED];
+
+static void
+wake_deferred (void)
+{
+  int i;
+
+  for (i = 0; i < nr_deferred; ++i)
+    futex_wake (deferred[i]);
+  nr_deferred = 0;
+}
+
+/* Set bits in a command's state; wake its thread if it sleeps. */
 static void
 signal_cmd (struct gonbd_cmd *c, unsigned bits)
 {
-  if (atomic_fetch_or (&c->state, bits) & SLEEPING)
+  if (!(atomic_fetch_or (&c->state, bits) & SLEEPING))
+    return;
+  if (deferring && nr_deferred < MAX_DEFERRED)
+    deferred[nr_deferred++] = &c->state;
+  else
     futex_wake (&c->state);
 }
 
@@ -196,14 +218,17 @@ lead (struct gonbd *g, struct gonbd_cmd *c)
     if (fds[1].revents & POLLIN) {
       if (read (g->wake_fd, &n, sizeof n) == -1) { /* drained */ }
     }
-    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-      if (nbd_aio_notify_read (g->nbd) == -1 && nbd_aio_is_dead (g->nbd))
-        break;
-    }
-    else if (fds[0].revents & POLLOUT) {
-      if (nbd_aio_notify_write (g->nbd) == -1 && nbd_aio_is_dead (g->nbd))
-        break;
-    }
+    deferring = 1;
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR))
+      r = nbd_aio_notify_read (g->nbd);
+    else if (fds[0].revents & POLLOUT)
+      r = nbd_aio_notify_write (g->nbd);
+    else
+      r = 0;
+    deferring = 0;
+    wake_deferred ();
+    if (r == -1 && nbd_aio_is_dead (g->nbd))
+      break;
   }
   hand_off (g);
 }
