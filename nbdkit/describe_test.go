@@ -1,0 +1,64 @@
+package nbdkit
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+type testHandle struct{}
+
+func TestWriteLoaderHeader(t *testing.T) {
+	Register(&Plugin[*testHandle]{
+		Name:       "test",
+		ConfigHelp: "a=<A> \"quoted\"\nb=<B> 100%",
+		DebugFlags: []string{"verbose"},
+		Open:       func(bool) (*testHandle, error) { return &testHandle{}, nil },
+		GetSize:    func(*testHandle) (int64, error) { return 1, nil },
+		PRead:      func(*testHandle, []byte, uint64, Flags) error { return nil },
+	})
+	var b strings.Builder
+	if err := WriteLoaderHeader(&b); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	for _, want := range []string{
+		`#define NBDKITGO_NAME "test"`,
+		`#define NBDKITGO_LONGNAME NULL`,
+		`#define NBDKITGO_DEBUG_FLAGS(X) X(verbose)`,
+		`"a=<A> \"quoted\"\n" \`,
+		`#define NBDKITGO_HAS_pread 1`,
+		`#define NBDKITGO_HAS_open 1`,
+		`#define NBDKITGO_HAS_pwrite 0`,
+		`#define NBDKITGO_HAS_extents 0`,
+	} {
+		if !strings.Contains(h, want) {
+			t.Errorf("header lacks %q:\n%s", want, h)
+		}
+	}
+	if strings.Count(h, "NBDKITGO_HAS_") != len(callbackNames) {
+		t.Errorf("want %d HAS lines:\n%s", len(callbackNames), h)
+	}
+}
+
+func TestErrno(t *testing.T) {
+	if Errno(errors.New("plain")) != syscall.EIO {
+		t.Error("a plain error should be EIO")
+	}
+	wrapped := fmt.Errorf("context: %w", syscall.ENOSPC)
+	if Errno(wrapped) != syscall.ENOSPC {
+		t.Error("the errno in an error's chain is lost")
+	}
+}
+
+// Outside nbdkit (no loader) the helpers fail cleanly.
+func TestHelpersOutsideNbdkit(t *testing.T) {
+	if _, err := ParseBool("true"); err == nil {
+		t.Error("ParseBool outside nbdkit should fail")
+	}
+	if DebugFlag("verbose") != 0 {
+		t.Error("no debug flag is set outside nbdkit")
+	}
+}
