@@ -50,13 +50,20 @@ struct gonbd_cmd {
   size_t nr_entries;
 };
 
-static int64_t
-now_ms (void)
+int64_t
+gonbd_now_ms (void)
 {
   struct timespec ts;
 
   clock_gettime (CLOCK_MONOTONIC, &ts);
   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The deadline of something starting now under g's timeout, or -1. */
+int64_t
+gonbd_deadline (struct gonbd *g)
+{
+  return g->timeout_ms > 0 ? gonbd_now_ms () + g->timeout_ms : -1;
 }
 
 /* Milliseconds until deadline (at least 0), or -1 for none. */
@@ -67,7 +74,7 @@ ms_left (int64_t deadline)
 
   if (deadline < 0)
     return -1;
-  left = deadline - now_ms ();
+  left = deadline - gonbd_now_ms ();
   return left < 0 ? 0 : left > 1000000 ? 1000000 : (int) left;
 }
 
@@ -336,7 +343,7 @@ gonbd_command (struct gonbd *g, int op, void *buf, uint64_t count,
 {
   struct gonbd_err err = { .msg = NULL, .errnum = 0 };
   struct gonbd_cmd c = {
-    .state = 0, .deadline = g->timeout_ms > 0 ? now_ms () + g->timeout_ms : -1
+    .state = 0, .deadline = gonbd_deadline (g)
   };
   nbd_completion_callback cb = { .callback = on_complete, .user_data = &c };
   int64_t cookie;
@@ -376,7 +383,7 @@ gonbd_block_status (struct gonbd *g, const char *context,
 {
   struct gonbd_cmd c = {
     .state = 0, .context = context,
-    .deadline = g->timeout_ms > 0 ? now_ms () + g->timeout_ms : -1
+    .deadline = gonbd_deadline (g)
   };
   int64_t cookie;
   int r;

@@ -13,15 +13,6 @@
 
 #include "gonbd.h"
 
-static int64_t
-now_ms (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int
 timed_out (struct gonbd_err *err, const char *what)
 {
@@ -52,7 +43,7 @@ run_until (struct gonbd *g, int (*done) (struct gonbd *), int64_t deadline,
     }
     timeout = -1;
     if (deadline >= 0) {
-      int64_t left = deadline - now_ms ();
+      int64_t left = deadline - gonbd_now_ms ();
       if (left <= 0)
         return timed_out (err, what);
       timeout = left > 1000 ? 1000 : (int) left;
@@ -86,12 +77,6 @@ connected (struct gonbd *g)
   return nbd_aio_is_ready (g->nbd) || nbd_aio_is_negotiating (g->nbd);
 }
 
-static int64_t
-deadline (struct gonbd *g)
-{
-  return g->timeout_ms > 0 ? now_ms () + g->timeout_ms : -1;
-}
-
 /* Start an aio connect (r is its result) and wait for the handshake. */
 static int
 finish_connect (struct gonbd *g, int r, struct gonbd_err *err)
@@ -100,7 +85,7 @@ finish_connect (struct gonbd *g, int r, struct gonbd_err *err)
     gonbd_capture (err);
     return -1;
   }
-  return run_until (g, connected, deadline (g),
+  return run_until (g, connected, gonbd_deadline (g),
                     "connecting to the server timed out", err);
 }
 
@@ -172,7 +157,7 @@ gonbd_opt_go (struct gonbd *g, struct gonbd_err *err)
     gonbd_capture (err);
     return -1;
   }
-  if (run_until (g, opt_answered, deadline (g),
+  if (run_until (g, opt_answered, gonbd_deadline (g),
                  "negotiating with the server timed out", err) == -1)
     return -1;
   if (g->opt_error || !nbd_aio_is_ready (g->nbd)) {

@@ -89,5 +89,7 @@ int gonbd_block_status (struct gonbd *g, const char *context,
                         struct gonbd_err *err);
 
 void gonbd_capture (struct gonbd_err *err);
+int64_t gonbd_now_ms (void);     /* CLOCK_MONOTONIC, for deadlines */
+int64_t gonbd_deadline (struct gonbd *g); /* now + timeout, or -1 */
 
 #endif

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -59,26 +58,7 @@ func waitSocket(t *testing.T, sock string) {
 func startNbdkit(t *testing.T, args ...string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command("nbdkit", append([]string{"-f", "-U", sock}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() && stderr.Len() > 0 {
-			t.Logf("nbdkit %s stderr:\n%s", strings.Join(args, " "), stderr.String())
-		}
-	})
+	spawnNbdkit(t, nil, append([]string{"-U", sock}, args...)...)
 	waitSocket(t, sock)
 	return sock
 }

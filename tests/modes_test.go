@@ -126,9 +126,9 @@ func TestSocketActivation(t *testing.T) {
 
 // Many requests in flight on each of several connections.
 func TestManyRequestsInFlight(t *testing.T) {
-	server := startServer(t, "memory", "128M")
+	server := startServer(t, "memory", "256M")
 	proxy := startProxy(t, "socket="+server)
-	path, data := randomFile(t, 64<<20)
+	path, data := randomFile(t, 128<<20)
 	run(t, "nbdcopy", "--connections=4", "--requests=64", path, unixURI(proxy))
 	sameBytes(t, "read from the server", readAll(t, unixURI(server)), data)
 	out := filepath.Join(t.TempDir(), "out")

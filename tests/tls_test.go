@@ -86,16 +86,8 @@ func tlsDirs(t *testing.T) (good, otherName, client, stranger string) {
 	return good, otherName, client, stranger
 }
 
-// pickPort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func pickPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-}
+// pickPort is freePort as a string.
+func pickPort(t *testing.T) string { return strconv.Itoa(freePort(t)) }
 
 // startMemoryOnTCP runs an nbdkit memory server on 127.0.0.1 with the
 // given options and returns its port.
