@@ -292,8 +292,12 @@ wait_cmd (struct gonbd *g, struct gonbd_cmd *c)
     hand_off (g);
 }
 
-/* After issuing: if libnbd could not send everything at once it now
- * waits to write, which a leader already in poll() does not know.
+/* After issuing a write: if libnbd could not send all of it at once it
+ * now waits to write, which a leader already in poll() does not know.
+ * Other requests are 28 bytes: one can only be left half-sent when the
+ * socket buffer is full of earlier requests the server has not read,
+ * and their replies wake the leader, which then polls for writing too.
+ * So they skip this check, and the libnbd lock it takes.
  */
 static void
 kick_leader (struct gonbd *g)
@@ -306,7 +310,7 @@ kick_leader (struct gonbd *g)
 }
 
 static int
-finish (struct gonbd *g, struct gonbd_cmd *c, int64_t cookie,
+finish (struct gonbd *g, struct gonbd_cmd *c, int64_t cookie, int payload,
         struct gonbd_err *err)
 {
   if (cookie == -1) {
@@ -315,7 +319,8 @@ finish (struct gonbd *g, struct gonbd_cmd *c, int64_t cookie,
       err->errnum = EIO;
     return -1;
   }
-  kick_leader (g);
+  if (payload)
+    kick_leader (g);
   wait_cmd (g, c);
   if (!(atomic_load (&c->state) & DONE)) {
     /* Only if poll itself failed; libnbd fails every command of a dead
@@ -371,7 +376,7 @@ gonbd_command (struct gonbd *g, int op, void *buf, uint64_t count,
     err.errnum = EINVAL;
     return err;
   }
-  finish (g, &c, cookie, &err);
+  finish (g, &c, cookie, op == GONBD_PWRITE, &err);
   return err;
 }
 
@@ -392,7 +397,7 @@ gonbd_block_status (struct gonbd *g, const char *context,
       (nbd_extent_callback) { .callback = on_extent, .user_data = &c },
       (nbd_completion_callback) { .callback = on_complete, .user_data = &c },
       flags);
-  r = finish (g, &c, cookie, err);
+  r = finish (g, &c, cookie, 0, err);
   *entries = c.entries;         /* freed by the caller, even on error */
   *nr_entries = c.nr_entries;
   return r;
