@@ -41,15 +41,21 @@ func unixURI(sock string) string { return "nbd+unix:///?socket=" + sock }
 // waitSocket waits until something accepts connections on sock.
 func waitSocket(t *testing.T, sock string) {
 	t.Helper()
+	waitListener(t, "unix", sock)
+}
+
+// waitListener waits until something accepts connections on addr.
+func waitListener(t *testing.T, network, addr string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.Dial("unix", sock); err == nil {
+		if c, err := net.Dial(network, addr); err == nil {
 			c.Close()
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("nothing listens on %s after 10 s", sock)
+	t.Fatalf("nothing listens on %s after 10 s", addr)
 }
 
 // startNbdkit runs nbdkit -f on a new Unix socket with the given

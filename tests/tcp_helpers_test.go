@@ -29,15 +29,7 @@ func freePort(t *testing.T) int {
 // waitTCP waits until something accepts connections on addr.
 func waitTCP(t *testing.T, addr string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s after 10 s", addr)
+	waitListener(t, "tcp", addr)
 }
 
 // spawnNbdkit runs `nbdkit -f args...` handing it extra (as fds 3, 4,
