@@ -28,6 +28,7 @@ type upstream struct {
 	direct *directPath
 
 	mu        sync.Mutex
+	closed    bool // a redial still running must not install a handle
 	redialing bool
 	changed   chan struct{}    // closed when a redial ends
 	retired   []*libnbd.Handle // failed handles, closed with the upstream
@@ -54,6 +55,7 @@ func newUpstream(export string) (*upstream, error) {
 func (u *upstream) close() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.closed = true
 	h := u.h.Load()
 	h.Shutdown()
 	h.Close()
@@ -135,7 +137,7 @@ func (u *upstream) replacement(old *libnbd.Handle, deadline time.Time) (*libnbd.
 func (u *upstream) redial(old *libnbd.Handle, deadline time.Time) {
 	var h *libnbd.Handle
 	pause := 50 * time.Millisecond
-	for h == nil && time.Now().Before(deadline) {
+	for time.Now().Before(deadline) {
 		nh, err := connectOnce(u.export, false, connectTimeout(deadline))
 		if err == nil {
 			if err = u.facts.match(nh); err == nil {
@@ -157,7 +159,9 @@ func (u *upstream) redial(old *libnbd.Handle, deadline time.Time) {
 		}
 	}
 	u.mu.Lock()
-	if h != nil {
+	if h != nil && u.closed {
+		h.Close()
+	} else if h != nil {
 		u.retired = append(u.retired, old)
 		u.h.Store(h)
 		if u.direct != nil {
