@@ -11,7 +11,7 @@ POD2MAN   ?= pod2man
 export GOTOOLCHAIN = local
 CC        ?= cc
 PKG_CONFIG ?= pkg-config
-GOFLAGS_BUILD = -trimpath -ldflags=-buildid=
+GOFLAGS_BUILD = -trimpath -ldflags='-buildid= -s -w'
 CFLAGS    ?= -O2 -g
 LOADER_CFLAGS = -fPIC -Wall -Werror=implicit-function-declaration \
 	$(shell $(PKG_CONFIG) --cflags nbdkit) -Inbdkit -Ibuild \

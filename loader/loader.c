@@ -209,8 +209,9 @@ loader_config (const char *key, const char *value)
   return 0;
 }
 
-/* The check child: start Go, configure it, report the thread model
- * through the pipe, exit 0 if all went well.
+/* The check child: start Go, configure it, and report the thread model
+ * through the pipe: that is its verdict.  Writing nothing means failure
+ * (its messages went to stderr first).
  */
 static void __attribute__ ((noreturn))
 check_child (int fd)
@@ -224,17 +225,19 @@ check_child (int fd)
   if (tm == -1)
     _exit (EXIT_FAILURE);
 #endif
+  fflush (stderr);
   if (write (fd, &tm, sizeof tm) != sizeof tm)
     _exit (EXIT_FAILURE);
-  fflush (stderr);
   _exit (EXIT_SUCCESS);
 }
+
+static pid_t check_pid = -1;
 
 static int
 loader_config_complete (void)
 {
   int fds[2], status, tm;
-  pid_t pid;
+  ssize_t r;
 
   config_cwd = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (pipe2 (fds, O_CLOEXEC) == -1) {
@@ -242,33 +245,50 @@ loader_config_complete (void)
     return -1;
   }
   fflush (NULL);
-  pid = fork ();
-  if (pid == -1) {
+  check_pid = fork ();
+  if (check_pid == -1) {
     nbdkit_error ("fork: %m");
     return -1;
   }
-  if (pid == 0) {
+  if (check_pid == 0) {
     close (fds[0]);
     check_child (fds[1]);
   }
   close (fds[1]);
-  if (read (fds[0], &tm, sizeof tm) == sizeof tm)
-    thread_model = tm;
+  do
+    r = read (fds[0], &tm, sizeof tm);
+  while (r == -1 && errno == EINTR);
   close (fds[0]);
-  while (waitpid (pid, &status, 0) == -1) {
-    if (errno != EINTR) {
-      nbdkit_error ("waitpid: %m");
-      return -1;
-    }
+  if (r == sizeof tm) {
+    /* Success.  The child's exit (tearing down a Go runtime) is not
+     * waited for here: it overlaps with nbdkit's start-up, and
+     * after_fork reaps it.
+     */
+    thread_model = tm;
+    return 0;
   }
-  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
-    return -1;                  /* the child printed why */
-  return 0;
+  while (waitpid (check_pid, &status, 0) == -1 && errno == EINTR)
+    ;
+  return -1;                    /* the child printed why */
+}
+
+/* Reap the check child if it is ours: in daemon mode it belonged to the
+ * parent that exited, and init reaps it.
+ */
+static void
+reap_check_child (void)
+{
+  if (check_pid > 0) {
+    while (waitpid (check_pid, NULL, 0) == -1 && errno == EINTR)
+      ;
+    check_pid = -1;
+  }
 }
 
 static int
 loader_after_fork (void)
 {
+  reap_check_child ();
   if (start_go () == -1 || configure_go () == -1)
     return -1;
 #if NBDKITGO_HAS_after_fork

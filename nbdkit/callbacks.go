@@ -15,8 +15,6 @@ import "C"
 
 import (
 	"fmt"
-	"os"
-	"runtime"
 	"unsafe"
 )
 
@@ -54,26 +52,9 @@ func catchVoid() {
 	}
 }
 
-// minProcs is the GOMAXPROCS we start with, unless the user set one.
-//
-// Every nbdkit worker thread (16 per connection by default) calls into
-// Go and then waits for the server inside a cgo call, holding its P in
-// the syscall state until sysmon retakes it (20 us to 10 ms later).
-// With GOMAXPROCS = number of CPUs, a thread entering Go, or coming
-// back from the wait, often finds no idle P and parks until sysmon
-// frees one: extra futex waits and context switches per request.  With
-// more Ps than threads that wait, one is always idle.  Ps that do no
-// work cost little (a few KiB each); the CPU limit stays the kernel's.
-// Measured (4k random reads, depth 32, 2 CPUs): context switches per
-// request 6.0 -> 5.2, CPU time per request -12%.
-const minProcs = 64
-
 //export nbdkitgo_start
 func nbdkitgo_start(host *C.struct_nbdkitgo_host) *C.struct_nbdkitgo_ops {
 	C.nbdkitgo_host = host
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < minProcs {
-		runtime.GOMAXPROCS(minProcs)
-	}
 	if registered == nil {
 		return nil
 	}
