@@ -12,16 +12,28 @@
  * costs no pipe write, no extra thread wake-up beyond telling its own
  * thread it is done, and no lock held across I/O of ours.
  *
+ * Issuing: libnbd holds its handle lock while inside any call, and the
+ * leader is inside nbd_aio_notify_read for as long as replies keep
+ * coming.  A thread issuing a command then slept on that lock: a futex
+ * wait, a wake-up and a context switch, about one per request with 4k
+ * reads.  So every call into libnbd's state machine made here goes
+ * through io_lock instead, and a thread that finds io_lock taken does
+ * not wait: it leaves its command on the to_issue list and goes on to
+ * wait for the reply; whoever holds io_lock issues the commands on the
+ * list before letting go (flat combining).  Only the leader ever waits
+ * for io_lock, and only behind a thread that is sending.
+ *
  * The command record lives on the waiting thread's stack: the thread
- * does not return before libnbd has called the completion callback,
- * which libnbd does exactly once for every command it accepted (with an
- * error if the connection dies).
+ * does not return before its command is done: libnbd refused it, or
+ * libnbd called the completion callback, which it does exactly once for
+ * every command it accepted (with an error if the connection dies).
  *
  * With a timeout, a thread whose command is not answered in time kills
  * the connection (NBD cannot cancel one request): libnbd then fails
  * every command in flight, and those fail with ETIMEDOUT.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -44,11 +56,20 @@ struct gonbd_cmd {
   int error;                    /* errno from the server, or 0 */
   int64_t deadline;             /* CLOCK_MONOTONIC ms; -1: none */
   struct gonbd_cmd *next;       /* in gonbd.waiters, under gonbd.lock */
+  /* the command, for whichever thread issues it */
+  int op;                       /* enum gonbd_op, or BLOCK_STATUS */
+  void *buf;
+  uint64_t count, offset;
+  uint32_t flags;
+  struct gonbd_cmd *next_issue; /* in gonbd.to_issue */
+  struct gonbd_err refused;     /* why libnbd refused it, if it did */
   /* block status only */
   const char *context;
   uint32_t *entries;
   size_t nr_entries;
 };
+
+#define BLOCK_STATUS (-1)
 
 int64_t
 gonbd_now_ms (void)
@@ -171,6 +192,125 @@ on_extent (void *user_data, const char *metacontext, uint64_t offset,
   return 0;
 }
 
+/* After issuing a write: if libnbd could not send all of it at once it
+ * now waits to write, which a leader already in poll() does not know.
+ * Other requests are 28 bytes: one can only be left half-sent when the
+ * socket buffer is full of earlier requests the server has not read,
+ * and their replies wake the leader, which then polls for writing too.
+ * So they skip this check (and the eventfd write it may cost).
+ */
+static void
+kick_leader (struct gonbd *g)
+{
+  uint64_t one = 1;
+
+  if (nbd_aio_get_direction (g->nbd) & LIBNBD_AIO_DIRECTION_WRITE) {
+    if (write (g->wake_fd, &one, sizeof one) == -1) { /* already kicked */ }
+  }
+}
+
+/* Hand c to libnbd; the caller holds io_lock.  If libnbd refuses it,
+ * c is done at once, with libnbd's error (read here, in the thread that
+ * made the call).  c may be gone once it is done.
+ */
+static void
+issue (struct gonbd *g, struct gonbd_cmd *c)
+{
+  nbd_completion_callback cb = { .callback = on_complete, .user_data = c };
+  int64_t cookie;
+
+  switch (c->op) {
+  case GONBD_PREAD:
+    cookie = nbd_aio_pread (g->nbd, c->buf, c->count, c->offset, cb,
+                            c->flags);
+    break;
+  case GONBD_PWRITE:
+    cookie = nbd_aio_pwrite (g->nbd, c->buf, c->count, c->offset, cb,
+                             c->flags);
+    break;
+  case GONBD_ZERO:
+    cookie = nbd_aio_zero (g->nbd, c->count, c->offset, cb, c->flags);
+    break;
+  case GONBD_TRIM:
+    cookie = nbd_aio_trim (g->nbd, c->count, c->offset, cb, c->flags);
+    break;
+  case GONBD_FLUSH:
+    cookie = nbd_aio_flush (g->nbd, cb, c->flags);
+    break;
+  case GONBD_CACHE:
+    cookie = nbd_aio_cache (g->nbd, c->count, c->offset, cb, c->flags);
+    break;
+  case BLOCK_STATUS:
+    cookie = nbd_aio_block_status (g->nbd, c->count, c->offset,
+        (nbd_extent_callback) { .callback = on_extent, .user_data = c },
+        cb, c->flags);
+    break;
+  default:
+    errno = EINVAL;
+    cookie = -1;
+  }
+  if (cookie == -1) {
+    gonbd_capture (&c->refused);
+    if (c->refused.errnum == 0)
+      c->refused.errnum = EIO;
+    signal_cmd (c, DONE);
+  }
+  else if (c->op == GONBD_PWRITE)
+    kick_leader (g);
+}
+
+/* Issue what other threads left on to_issue, oldest first, and let go
+ * of io_lock.  A command left there just before io_lock was released is
+ * seen either by the check after releasing or by its own thread's
+ * second try for io_lock (both are sequentially consistent).
+ */
+static void
+drain_and_unlock (struct gonbd *g)
+{
+  struct gonbd_cmd *list, *rev, *next;
+
+  for (;;) {
+    list = atomic_exchange (&g->to_issue, NULL);
+    if (list == NULL) {
+      pthread_mutex_unlock (&g->io_lock);
+      if (atomic_load (&g->to_issue) == NULL ||
+          pthread_mutex_trylock (&g->io_lock) != 0)
+        return;
+      continue;
+    }
+    for (rev = NULL; list != NULL; list = next) {
+      next = list->next_issue;
+      list->next_issue = rev;
+      rev = list;
+    }
+    for (; rev != NULL; rev = next) {
+      next = rev->next_issue;   /* rev may be gone after issue */
+      issue (g, rev);
+    }
+  }
+}
+
+/* Issue c now if io_lock is free, or leave it for the holder. */
+static void
+submit (struct gonbd *g, struct gonbd_cmd *c)
+{
+  if (pthread_mutex_trylock (&g->io_lock) != 0) {
+    c->next_issue = atomic_load (&g->to_issue);
+    while (!atomic_compare_exchange_weak (&g->to_issue, &c->next_issue, c))
+      ;
+    if (pthread_mutex_trylock (&g->io_lock) != 0)
+      return;                   /* the holder will issue c */
+    deferring = 1;
+  }
+  else {
+    deferring = 1;
+    issue (g, c);
+  }
+  drain_and_unlock (g);
+  deferring = 0;
+  wake_deferred ();
+}
+
 /* Pass the leader's role to a thread whose command is still pending, or
  * give it up if there is none.
  */
@@ -193,6 +333,28 @@ hand_off (struct gonbd *g)
   pthread_mutex_unlock (&g->lock);
 }
 
+/* The socket for the leader to poll.  nbd_aio_get_fd takes libnbd's
+ * lock, and calling it on every turn of the leader's loop made the
+ * leader wait for threads sending commands (a futex wait and wake-up per
+ * reply), so the leader keeps its own duplicate.  A duplicate, not the
+ * number: libnbd closes its descriptor when the connection dies, and
+ * the number could then name some other file.  Only the leader uses it
+ * (the role passes under g->lock).
+ */
+static int
+leader_socket (struct gonbd *g)
+{
+  int fd;
+
+  if (g->sock_fd == -1) {
+    fd = nbd_aio_get_fd (g->nbd);
+    if (fd == -1)
+      return -1;
+    g->sock_fd = fcntl (fd, F_DUPFD_CLOEXEC, 0);
+  }
+  return g->sock_fd;
+}
+
 /* Poll the socket and let libnbd read and write until c is done. */
 static void
 lead (struct gonbd *g, struct gonbd_cmd *c)
@@ -203,7 +365,7 @@ lead (struct gonbd *g, struct gonbd_cmd *c)
   int r;
 
   while (!(atomic_load (&c->state) & DONE)) {
-    fds[0].fd = nbd_aio_get_fd (g->nbd);
+    fds[0].fd = leader_socket (g);
     if (fds[0].fd == -1)
       break;                    /* closed or dead: libnbd failed c */
     dir = nbd_aio_get_direction (g->nbd);
@@ -213,9 +375,12 @@ lead (struct gonbd *g, struct gonbd_cmd *c)
     fds[1].events = POLLIN;
     r = poll (fds, 2, ms_left (c->deadline));
     if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      break;
+      /* EINTR, or ENOMEM: try again.  Giving up is not an option while
+       * commands are in flight.
+       */
+      if (errno != EINTR)
+        nanosleep (&(struct timespec) { 0, 1000000 }, NULL);
+      continue;
     }
     if (r == 0) {               /* c's deadline passed */
       kill_connection (g);
@@ -226,18 +391,38 @@ lead (struct gonbd *g, struct gonbd_cmd *c)
       if (read (g->wake_fd, &n, sizeof n) == -1) { /* drained */ }
     }
     deferring = 1;
+    pthread_mutex_lock (&g->io_lock);
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR))
       r = nbd_aio_notify_read (g->nbd);
     else if (fds[0].revents & POLLOUT)
       r = nbd_aio_notify_write (g->nbd);
     else
       r = 0;
+    drain_and_unlock (g);
     deferring = 0;
     wake_deferred ();
-    if (r == -1 && nbd_aio_is_dead (g->nbd))
+    if (r == -1 && nbd_aio_is_dead (g->nbd)) {
+      close (g->sock_fd);       /* let the server see the end now */
+      g->sock_fd = -1;
       break;
+    }
   }
   hand_off (g);
+}
+
+/* After the leader gave up on a closed or dead connection: c is done
+ * soon, failed by libnbd or refused by it when issued (by whoever holds
+ * io_lock).
+ */
+static void
+wait_done (struct gonbd_cmd *c)
+{
+  unsigned s;
+
+  while (!((s = atomic_load (&c->state)) & DONE)) {
+    if (atomic_compare_exchange_weak (&c->state, &s, s | SLEEPING))
+      futex_wait (&c->state, s | SLEEPING, -1);
+  }
 }
 
 /* Wait until c is done, leading when no one else is. */
@@ -255,6 +440,7 @@ wait_cmd (struct gonbd *g, struct gonbd_cmd *c)
     g->leader = 1;
     pthread_mutex_unlock (&g->lock);
     lead (g, c);
+    wait_done (c);
     return;
   }
   c->next = g->waiters;
@@ -275,6 +461,7 @@ wait_cmd (struct gonbd *g, struct gonbd_cmd *c)
 
   if (s & LEAD) {               /* hand_off took c off the list */
     lead (g, c);
+    wait_done (c);
     return;
   }
   pthread_mutex_lock (&g->lock);
@@ -292,42 +479,14 @@ wait_cmd (struct gonbd *g, struct gonbd_cmd *c)
     hand_off (g);
 }
 
-/* After issuing a write: if libnbd could not send all of it at once it
- * now waits to write, which a leader already in poll() does not know.
- * Other requests are 28 bytes: one can only be left half-sent when the
- * socket buffer is full of earlier requests the server has not read,
- * and their replies wake the leader, which then polls for writing too.
- * So they skip this check, and the libnbd lock it takes.
- */
-static void
-kick_leader (struct gonbd *g)
-{
-  uint64_t one = 1;
-
-  if (nbd_aio_get_direction (g->nbd) & LIBNBD_AIO_DIRECTION_WRITE) {
-    if (write (g->wake_fd, &one, sizeof one) == -1) { /* already kicked */ }
-  }
-}
-
+/* Issue c, wait for it, and report how it went (0 or -1 with err). */
 static int
-finish (struct gonbd *g, struct gonbd_cmd *c, int64_t cookie, int payload,
-        struct gonbd_err *err)
+run_cmd (struct gonbd *g, struct gonbd_cmd *c, struct gonbd_err *err)
 {
-  if (cookie == -1) {
-    gonbd_capture (err);
-    if (err->errnum == 0)
-      err->errnum = EIO;
-    return -1;
-  }
-  if (payload)
-    kick_leader (g);
+  submit (g, c);
   wait_cmd (g, c);
-  if (!(atomic_load (&c->state) & DONE)) {
-    /* Only if poll itself failed; libnbd fails every command of a dead
-     * connection, so this is not expected.
-     */
-    err->msg = strdup ("lost track of the command");
-    err->errnum = EIO;
+  if (c->refused.errnum) {
+    *err = c->refused;
     return -1;
   }
   if (c->error) {
@@ -348,35 +507,15 @@ gonbd_command (struct gonbd *g, int op, void *buf, uint64_t count,
 {
   struct gonbd_err err = { .msg = NULL, .errnum = 0 };
   struct gonbd_cmd c = {
-    .state = 0, .deadline = gonbd_deadline (g)
+    .state = 0, .deadline = gonbd_deadline (g),
+    .op = op, .buf = buf, .count = count, .offset = offset, .flags = flags,
   };
-  nbd_completion_callback cb = { .callback = on_complete, .user_data = &c };
-  int64_t cookie;
 
-  switch (op) {
-  case GONBD_PREAD:
-    cookie = nbd_aio_pread (g->nbd, buf, count, offset, cb, flags);
-    break;
-  case GONBD_PWRITE:
-    cookie = nbd_aio_pwrite (g->nbd, buf, count, offset, cb, flags);
-    break;
-  case GONBD_ZERO:
-    cookie = nbd_aio_zero (g->nbd, count, offset, cb, flags);
-    break;
-  case GONBD_TRIM:
-    cookie = nbd_aio_trim (g->nbd, count, offset, cb, flags);
-    break;
-  case GONBD_FLUSH:
-    cookie = nbd_aio_flush (g->nbd, cb, flags);
-    break;
-  case GONBD_CACHE:
-    cookie = nbd_aio_cache (g->nbd, count, offset, cb, flags);
-    break;
-  default:
+  if (op < GONBD_PREAD || op > GONBD_CACHE) {
     err.errnum = EINVAL;
     return err;
   }
-  finish (g, &c, cookie, op == GONBD_PWRITE, &err);
+  run_cmd (g, &c, &err);
   return err;
 }
 
@@ -387,17 +526,12 @@ gonbd_block_status (struct gonbd *g, const char *context,
                     struct gonbd_err *err)
 {
   struct gonbd_cmd c = {
-    .state = 0, .context = context,
-    .deadline = gonbd_deadline (g)
+    .state = 0, .deadline = gonbd_deadline (g), .op = BLOCK_STATUS,
+    .count = count, .offset = offset, .flags = flags, .context = context,
   };
-  int64_t cookie;
   int r;
 
-  cookie = nbd_aio_block_status (g->nbd, count, offset,
-      (nbd_extent_callback) { .callback = on_extent, .user_data = &c },
-      (nbd_completion_callback) { .callback = on_complete, .user_data = &c },
-      flags);
-  r = finish (g, &c, cookie, 0, err);
+  r = run_cmd (g, &c, err);
   *entries = c.entries;         /* freed by the caller, even on error */
   *nr_entries = c.nr_entries;
   return r;

@@ -28,6 +28,9 @@ struct gonbd {
   int leader;                   /* a thread is polling the socket */
   struct gonbd_cmd *waiters;    /* commands whose threads sleep */
   int wake_fd;                  /* eventfd: wakes the leader's poll */
+  int sock_fd;                  /* the leader's copy of the socket; -1 */
+  pthread_mutex_t io_lock;      /* held to call libnbd's state machine */
+  struct gonbd_cmd *_Atomic to_issue; /* left for io_lock's holder */
   int64_t timeout_ms;           /* per command and for connecting; 0: none */
   _Atomic int timed_out;        /* a command timed out: connection killed */
   int opt_done, opt_error;      /* gonbd_opt_go's completion */

@@ -42,7 +42,9 @@ gonbd_create (struct gonbd_err *err)
     free (g);
     return NULL;
   }
+  g->sock_fd = -1;
   pthread_mutex_init (&g->lock, NULL);
+  pthread_mutex_init (&g->io_lock, NULL);
   return g;
 }
 
@@ -51,7 +53,10 @@ gonbd_close (struct gonbd *g)
 {
   nbd_close (g->nbd);
   close (g->wake_fd);
+  if (g->sock_fd >= 0)
+    close (g->sock_fd);
   pthread_mutex_destroy (&g->lock);
+  pthread_mutex_destroy (&g->io_lock);
   free (g);
 }
 
