@@ -51,9 +51,9 @@ build/plugin-desc.h: $(GO_SOURCES)
 	$(GO) run $(GOFLAGS_BUILD) ./cmd/nbdkit-nbd-go-plugin > $@.tmp
 	mv $@.tmp $@
 
-$(PLUGIN): loader/loader.c loader/embed.S nbdkit/abi.h build/plugin-desc.h build/libnbd-go.so
+$(PLUGIN): loader/loader.c loader/forks.c loader/forks.h loader/embed.S nbdkit/abi.h build/plugin-desc.h build/libnbd-go.so
 	$(CC) $(CFLAGS) $(LOADER_CFLAGS) -shared -o $@ \
-		-DGO_LIBRARY='"build/libnbd-go.so"' loader/loader.c loader/embed.S -ldl
+		-DGO_LIBRARY='"build/libnbd-go.so"' loader/loader.c loader/forks.c loader/embed.S -ldl
 
 check: $(PLUGIN)
 	$(GO) vet ./...

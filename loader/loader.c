@@ -15,6 +15,10 @@
  *    good and replays the configuration again.  nbdkit always calls
  *    after_fork, whether it forked or not.
  *
+ * When nbdkit's command line shows it will not fork (-f, -s, ...: see
+ * forks.c), config_complete starts Go in this process instead, and the
+ * check child is not needed.
+ *
  * The Go library travels inside this .so (embed.S) and is loaded from a
  * memfd, so the plugin is one file.  --dump-plugin does not fork, so it
  * starts Go directly.
@@ -27,6 +31,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +45,7 @@
 #include <nbdkit-plugin.h>
 
 #include "abi.h"
+#include "forks.h"
 #include "plugin-desc.h"
 
 extern const unsigned char nbdkitgo_library[], nbdkitgo_library_end[];
@@ -231,7 +237,24 @@ check_child (int fd)
   _exit (EXIT_SUCCESS);
 }
 
-static pid_t check_pid = -1;
+static _Atomic pid_t check_pid = -1;
+static int configured;                 /* Go has the configuration */
+
+/* nbdkit will not fork: configure Go here and now. */
+static int
+configure_in_process (void)
+{
+  nbdkit_debug ("nbdkit will not fork: starting Go at config_complete");
+  if (start_go () == -1 || configure_go () == -1)
+    return -1;
+#if NBDKITGO_HAS_thread_model
+  thread_model = go->thread_model ();
+  if (thread_model == -1)
+    return -1;
+#endif
+  configured = 1;
+  return 0;
+}
 
 static int
 loader_config_complete (void)
@@ -240,6 +263,8 @@ loader_config_complete (void)
   ssize_t r;
 
   config_cwd = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (!nbdkit_may_fork ())
+    return configure_in_process ();
   if (pipe2 (fds, O_CLOEXEC) == -1) {
     nbdkit_error ("pipe2: %m");
     return -1;
@@ -272,24 +297,30 @@ loader_config_complete (void)
   return -1;                    /* the child printed why */
 }
 
-/* Reap the check child if it is ours: in daemon mode it belonged to the
- * parent that exited, and init reaps it.
+/* Reap the check child if it is ours (in daemon mode it belonged to the
+ * parent that exited, and init reaps it).  Its Go runtime takes a few
+ * milliseconds to tear down, which start-up should not wait for: so
+ * after_fork and open only look (WNOHANG), and unload waits.
  */
 static void
-reap_check_child (void)
+reap_check_child (int options)
 {
-  if (check_pid > 0) {
-    while (waitpid (check_pid, NULL, 0) == -1 && errno == EINTR)
-      ;
-    check_pid = -1;
-  }
+  pid_t pid = atomic_exchange (&check_pid, -1), r;
+
+  if (pid <= 0)
+    return;
+  do
+    r = waitpid (pid, NULL, options);
+  while (r == -1 && errno == EINTR);
+  if (r == 0)                   /* still running: look again later */
+    atomic_store (&check_pid, pid);
 }
 
 static int
 loader_after_fork (void)
 {
-  reap_check_child ();
-  if (start_go () == -1 || configure_go () == -1)
+  reap_check_child (WNOHANG);
+  if (!configured && (start_go () == -1 || configure_go () == -1))
     return -1;
 #if NBDKITGO_HAS_after_fork
   return go->after_fork ();
@@ -303,6 +334,7 @@ loader_unload (void)
 {
   size_t i;
 
+  reap_check_child (0);
   if (go)
     go->unload ();
   for (i = 0; i < nr_config; ++i) {
@@ -354,7 +386,10 @@ static void *
 loader_open (int ro)
 {
   struct handle *h;
-  uintptr_t g = go->open (ro);
+  uintptr_t g;
+
+  reap_check_child (WNOHANG);
+  g = go->open (ro);
 
   if (g == 0)
     return NULL;

@@ -16,7 +16,8 @@
 #   BENCH_ROUNDS   rounds per scenario (default 3)
 #   BENCH_RUNTIME  seconds per fio run (default 5)
 #   BENCH_QUICK=1  short run: 1 round of 2 s, Unix socket and TCP only
-#   BENCH_TRANSPORTS  which transports, e.g. "unix tcp" (default "unix tcp tls")
+#   BENCH_TRANSPORTS  which transports, e.g. "unix tcp" (default "unix tcp tls");
+#                  "none" measures start-up only
 #   BENCH_WORKLOADS  subset of workloads by name (default: all five)
 #   BENCH_TARGETS  subset of "direct c go qemu" (default: all)
 #   BENCH_THREADS  nbdkit --threads for both nbdkit proxies (default: nbdkit's)
@@ -155,15 +156,21 @@ measure_startup() {
   shift
   for i in 1 2 3 4 5; do
     rm -f "$sock"
-    t0=$(date +%s%N)
+    t0=${EPOCHREALTIME/./}
     "$@" & pid=$!
+    # Wait for the socket cheaply first: each nbdinfo tried too early
+    # would take CPU from the server starting up.
+    until [ -S "$sock" ]; do
+      kill -0 $pid 2>/dev/null || { echo "bench: $name died at startup" >&2; return 1; }
+      sleep 0.001
+    done
     until nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1; do
       kill -0 $pid 2>/dev/null || { echo "bench: $name died at startup" >&2; return 1; }
       sleep 0.002
     done
-    t1=$(date +%s%N)
+    t1=${EPOCHREALTIME/./}
     kill $pid; wait $pid 2>/dev/null || true
-    echo $(( (t1 - t0) / 1000 )) >> "$dir/res/startup_$name"
+    echo $(( t1 - t0 )) >> "$dir/res/startup_$name"   # microseconds
   done
 }
 
@@ -178,6 +185,7 @@ measure_startup qemu qemu-nbd -t -k "$dir/start.sock" -f raw "nbd+unix:///?socke
 stop_all
 
 for tr in $transports; do
+  [ "$tr" = none ] && continue  # BENCH_TRANSPORTS=none: startup only
   uri=(); rsspid=()
   start_targets "$tr"
   targets="direct c go"
@@ -212,7 +220,8 @@ echo "bench: took $(( $(date +%s) - started )) s" >&2
 
 python3 - "$dir/res" "$transports" <<'EOF'
 import json, os, statistics, sys
-res, transports = sys.argv[1], sys.argv[2].split()
+res = sys.argv[1]
+transports = [t for t in sys.argv[2].split() if t != "none"]
 wls = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32",
        "read-256k-qd8", "write-1M-qd4"]
 targets = ["direct", "c", "go", "qemu"]

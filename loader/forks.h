@@ -1,0 +1,8 @@
+/* See forks.c. */
+#ifndef NBDKITGO_FORKS_H
+#define NBDKITGO_FORKS_H
+
+/* 0 if nbdkit will certainly not fork after config_complete, else 1. */
+int nbdkit_may_fork (void);
+
+#endif

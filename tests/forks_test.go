@@ -1,0 +1,150 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The loader starts Go at config_complete, without a check child, only
+// when nbdkit's command line shows it will not fork (loader/forks.c).
+// Getting that wrong would deadlock the serving process, so each case
+// checks both that a client is served and which way Go was started.
+const inProcessLine = "nbdkit will not fork: starting Go at config_complete"
+
+// sizeThrough asks for the export size through uri, failing rather than
+// hanging if nothing answers.
+func sizeThrough(t *testing.T, uri string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nbdinfo", "--size", uri).Output()
+	if err != nil {
+		t.Fatalf("nbdinfo --size %s: %v (hung or failed: the serving process may have started Go before a fork)", uri, err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func checkWhereGoStarted(t *testing.T, stderr string, wantInProcess bool) {
+	t.Helper()
+	if got := strings.Contains(stderr, inProcessLine); got != wantInProcess {
+		t.Errorf("Go started at config_complete: %v, want %v; nbdkit's messages:\n%s", got, wantInProcess, stderr)
+	}
+}
+
+func TestGoStartsInProcessWhenNbdkitWillNotFork(t *testing.T) {
+	server := startServer(t, "memory", "32M")
+	const size = "33554432"
+	for _, opts := range [][]string{
+		{"-f"}, {"-fv"}, {"--foreground"}, {"--fore"}, {"--no-fork"},
+		{"--exit-with-parent"}, {"-f", "-D", "nbd-go.verbose=0"},
+		{"-rf"}, {"-t", "4", "-f"}, {"-f", "--threads=4"},
+	} {
+		t.Run(strings.Join(opts, " "), func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "proxy.sock")
+			args := append([]string{"-v", "-U", sock}, opts...)
+			args = append(args, plugin, "socket="+server)
+			cmd := exec.Command("nbdkit", args...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Wait()
+			defer cmd.Process.Kill()
+			waitSocket(t, sock)
+			if got := sizeThrough(t, unixURI(sock)); got != size {
+				t.Fatalf("size %q, want %s", got, size)
+			}
+			cmd.Process.Kill()
+			cmd.Wait()
+			checkWhereGoStarted(t, stderr.String(), true)
+		})
+	}
+}
+
+// --run forks, wherever it is on the command line and however it is
+// spelt, even with -f.
+func TestGoStartsInCheckChildUnderRun(t *testing.T) {
+	server := startServer(t, "memory", "32M")
+	cmd := `nbdinfo --size "$uri"`
+	for name, args := range map[string][]string{
+		"-f --run before plugin": {"-f", "--run", cmd, plugin, "socket=" + server},
+		"-f --run after plugin":  {"-f", plugin, "socket=" + server, "--run", cmd},
+		"-f --ru=":               {"-f", plugin, "socket=" + server, "--ru=" + cmd},
+		"--run=":                 {"--run=" + cmd, "-f", plugin, "socket=" + server},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c := exec.CommandContext(ctx, "nbdkit", append([]string{"-v", "-U", "-"}, args...)...)
+			var stdout, stderr bytes.Buffer
+			c.Stdout, c.Stderr = &stdout, &stderr
+			if err := c.Run(); err != nil {
+				t.Fatalf("nbdkit: %v (a hang ends in a kill after 30 s)\n%s", err, stderr.String())
+			}
+			if got := strings.TrimSpace(stdout.String()); got != "33554432" {
+				t.Fatalf("--run printed %q", got)
+			}
+			checkWhereGoStarted(t, stderr.String(), false)
+		})
+	}
+}
+
+// Without -f nbdkit forks into the background; "-e -f" names an export
+// "-f", it does not ask for the foreground.
+func TestGoStartsInCheckChildInDaemonMode(t *testing.T) {
+	server := startServer(t, "memory", "32M")
+	for name, opts := range map[string][]string{
+		"no -f":        nil,
+		"-e -f":        {"-e", "-f"},
+		"--log stderr": {"--log", "stderr"},
+		"value is -f":  {"-D", "nbd-go.verbose=0", "-e", "-f"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			sock := filepath.Join(dir, "proxy.sock")
+			pidFile := filepath.Join(dir, "proxy.pid")
+			args := append([]string{"-v", "-U", sock, "-P", pidFile}, opts...)
+			args = append(args, plugin, "socket="+server)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c := exec.CommandContext(ctx, "nbdkit", args...)
+			// A file, not a pipe: with -v the daemon keeps stderr open,
+			// and Run would wait for it to end.
+			logFile, err := os.Create(filepath.Join(dir, "stderr"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer logFile.Close()
+			c.Stderr = logFile
+			if err := c.Run(); err != nil {
+				b, _ := os.ReadFile(logFile.Name())
+				t.Fatalf("nbdkit: %v\n%s", err, b)
+			}
+			waitSocket(t, sock)
+			var pid int
+			for i := 0; i < 500 && pid == 0; i++ {
+				b, _ := os.ReadFile(pidFile)
+				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				time.Sleep(10 * time.Millisecond)
+			}
+			if pid == 0 {
+				t.Fatal("no pid file")
+			}
+			defer syscall.Kill(pid, syscall.SIGKILL)
+			if got := sizeThrough(t, unixURI(sock)); got != "33554432" {
+				t.Fatalf("size %q", got)
+			}
+			b, _ := os.ReadFile(logFile.Name())
+			checkWhereGoStarted(t, string(b), false)
+		})
+	}
+}
