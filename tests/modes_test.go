@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -176,23 +177,29 @@ func TestConfigErrorsBeforeServing(t *testing.T) {
 		{[]string{"socket=" + server, "shared=maybe"}, "shared=maybe"},
 		{[]string{"socket=" + server, "bogus=1"}, "bogus=1"},
 	} {
-		dir := t.TempDir()
-		sock, pidFile := filepath.Join(dir, "s"), filepath.Join(dir, "p")
-		cmd := exec.Command("nbdkit", append([]string{"-U", sock, "-P", pidFile, plugin}, c.params...)...)
-		out, err := cmd.CombinedOutput()
-		if err == nil {
-			t.Errorf("%v: nbdkit exited 0", c.params)
-			continue
-		}
-		if !strings.Contains(string(out), c.want) {
-			t.Errorf("%v: message %q does not mention %q", c.params, out, c.want)
-		}
-		if strings.Contains(string(out), "goroutine") || strings.Contains(string(out), "panic") {
-			t.Errorf("%v: a Go panic: %s", c.params, out)
-		}
-		for _, f := range []string{sock, pidFile} {
-			if _, err := os.Stat(f); err == nil {
-				t.Errorf("%v: %s left behind", c.params, f)
+		// Daemon mode checks in a child process; -f in nbdkit's own.
+		for _, mode := range [][]string{nil, {"-f"}} {
+			dir := t.TempDir()
+			sock, pidFile := filepath.Join(dir, "s"), filepath.Join(dir, "p")
+			args := append(append([]string{"-U", sock, "-P", pidFile}, mode...), plugin)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			cmd := exec.CommandContext(ctx, "nbdkit", append(args, c.params...)...)
+			out, err := cmd.CombinedOutput()
+			cancel()
+			if err == nil {
+				t.Errorf("%v %v: nbdkit exited 0", mode, c.params)
+				continue
+			}
+			if !strings.Contains(string(out), c.want) {
+				t.Errorf("%v: message %q does not mention %q", c.params, out, c.want)
+			}
+			if strings.Contains(string(out), "goroutine") || strings.Contains(string(out), "panic") {
+				t.Errorf("%v: a Go panic: %s", c.params, out)
+			}
+			for _, f := range []string{sock, pidFile} {
+				if _, err := os.Stat(f); err == nil {
+					t.Errorf("%v %v: %s left behind", mode, c.params, f)
+				}
 			}
 		}
 	}
