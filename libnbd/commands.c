@@ -129,11 +129,12 @@ futex_wake (_Atomic unsigned *word)
   syscall (SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-/* Wake-ups the leader owes, made after libnbd's lock is released: a
- * futex_wake inside a completion callback would lengthen the time every
- * thread issuing a command waits for that lock.  Addresses, not records,
- * are kept: a record may vanish once DONE is set, and a late futex_wake
- * on its address is harmless (waits re-check their condition).
+/* Wake-ups the leader owes, made once libnbd's call has returned: a
+ * futex_wake inside a completion callback would keep libnbd busy (and
+ * the next reply waiting) for the length of a system call.  Addresses,
+ * not records, are kept: a record may vanish once DONE is set, and a
+ * late futex_wake on its address is harmless (waits re-check their
+ * condition).
  */
 #define MAX_DEFERRED 64
 static __thread int deferring;
@@ -398,6 +399,11 @@ lead (struct gonbd *g, struct gonbd_cmd *c)
       r = nbd_aio_notify_write (g->nbd);
     else
       r = 0;
+    /* Wake the threads whose replies came before sending what others
+     * left on to_issue: they have a reply to pass on, and no one waits
+     * for io_lock meanwhile.
+     */
+    wake_deferred ();
     drain_and_unlock (g);
     deferring = 0;
     wake_deferred ();
