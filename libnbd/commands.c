@@ -9,8 +9,8 @@
  * sleep on a futex in their own command until its completion callback
  * marks it done.  When the leader's own command is done it hands the
  * socket to a follower whose command is still pending.  A request thus
- * costs no pipe write, no extra thread wake-up beyond telling its own
- * thread it is done, and no lock held across I/O of ours.
+ * costs no pipe write and no extra thread wake-up beyond telling its own
+ * thread it is done.
  *
  * Issuing: libnbd holds its handle lock while inside any call, and the
  * leader is inside nbd_aio_notify_read for as long as replies keep

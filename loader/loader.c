@@ -215,22 +215,34 @@ loader_config (const char *key, const char *value)
   return 0;
 }
 
-/* The check child: start Go, configure it, and report the thread model
- * through the pipe: that is its verdict.  Writing nothing means failure
- * (its messages went to stderr first).
+/* Start Go, give it the configuration, and ask its thread model: what
+ * config_complete needs, in the check child or in this process.
+ */
+static int
+start_and_configure (int *tm)
+{
+  if (start_go () == -1 || configure_go () == -1)
+    return -1;
+  *tm = THREAD_MODEL;
+#if NBDKITGO_HAS_thread_model
+  *tm = go->thread_model ();
+  if (*tm == -1)
+    return -1;
+#endif
+  return 0;
+}
+
+/* The check child: report the thread model through the pipe: that is
+ * its verdict.  Writing nothing means failure (its messages went to
+ * stderr first).
  */
 static void __attribute__ ((noreturn))
 check_child (int fd)
 {
-  int tm = THREAD_MODEL;
+  int tm;
 
-  if (start_go () == -1 || configure_go () == -1)
+  if (start_and_configure (&tm) == -1)
     _exit (EXIT_FAILURE);
-#if NBDKITGO_HAS_thread_model
-  tm = go->thread_model ();
-  if (tm == -1)
-    _exit (EXIT_FAILURE);
-#endif
   fflush (stderr);
   if (write (fd, &tm, sizeof tm) != sizeof tm)
     _exit (EXIT_FAILURE);
@@ -245,13 +257,8 @@ static int
 configure_in_process (void)
 {
   nbdkit_debug ("nbdkit will not fork: starting Go at config_complete");
-  if (start_go () == -1 || configure_go () == -1)
+  if (start_and_configure (&thread_model) == -1)
     return -1;
-#if NBDKITGO_HAS_thread_model
-  thread_model = go->thread_model ();
-  if (thread_model == -1)
-    return -1;
-#endif
   configured = 1;
   return 0;
 }
@@ -259,7 +266,7 @@ configure_in_process (void)
 static int
 loader_config_complete (void)
 {
-  int fds[2], status, tm;
+  int fds[2], tm;
   ssize_t r;
 
   config_cwd = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -292,8 +299,9 @@ loader_config_complete (void)
     thread_model = tm;
     return 0;
   }
-  while (waitpid (check_pid, &status, 0) == -1 && errno == EINTR)
+  while (waitpid (check_pid, NULL, 0) == -1 && errno == EINTR)
     ;
+  check_pid = -1;
   return -1;                    /* the child printed why */
 }
 

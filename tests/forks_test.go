@@ -6,9 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -130,16 +128,7 @@ func TestGoStartsInCheckChildInDaemonMode(t *testing.T) {
 				t.Fatalf("nbdkit: %v\n%s", err, b)
 			}
 			waitSocket(t, sock)
-			var pid int
-			for i := 0; i < 500 && pid == 0; i++ {
-				b, _ := os.ReadFile(pidFile)
-				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-				time.Sleep(10 * time.Millisecond)
-			}
-			if pid == 0 {
-				t.Fatal("no pid file")
-			}
-			defer syscall.Kill(pid, syscall.SIGKILL)
+			daemonPid(t, pidFile)
 			if got := sizeThrough(t, unixURI(sock)); got != "33554432" {
 				t.Fatalf("size %q", got)
 			}

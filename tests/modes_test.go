@@ -31,7 +31,14 @@ func daemonize(t *testing.T, params ...string) (sock string, pid int) {
 	pidFile := filepath.Join(dir, "proxy.pid")
 	run(t, "nbdkit", append([]string{"-U", sock, "-P", pidFile, plugin}, params...)...)
 	waitSocket(t, sock)
-	// The forked child writes the pid file, maybe after it listens.
+	return sock, daemonPid(t, pidFile)
+}
+
+// daemonPid reads the pid file of an nbdkit that went into the
+// background, and kills that process at the end of the test.  The
+// forked child writes the file, maybe after it listens.
+func daemonPid(t *testing.T, pidFile string) int {
+	t.Helper()
 	var b []byte
 	var err error
 	for i := 0; i < 500; i++ {
@@ -43,12 +50,12 @@ func daemonize(t *testing.T, params ...string) (sock string, pid int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-	return sock, pid
+	return pid
 }
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
