@@ -516,7 +516,8 @@ static int
 loader_extents (void *h, uint32_t count, uint64_t offset, uint32_t flags,
                 struct nbdkit_extents *e)
 {
-  return go->extents (H, count, offset, flags, e);
+  SERVE (extents, (CTX, count, offset, flags, e, &msg),
+         (H, count, offset, flags, e));
 }
 
 static int

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define NBDKITGO_ABI_VERSION 1
+#define NBDKITGO_ABI_VERSION 2
 
 struct nbdkit_extents;
 struct nbdkit_exports;
@@ -76,6 +76,8 @@ struct nbdkitgo_direct {
                char **msg);
   int (*cache) (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
                 char **msg);
+  int (*extents) (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
+                  struct nbdkit_extents *e, char **msg);
 };
 
 /* The Go library's callbacks, with nbdkit's signatures except for the
