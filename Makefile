@@ -83,6 +83,9 @@ demo: $(PLUGIN)
 bench: $(PLUGIN)
 	./tests/bench.sh
 
+bench-extents: $(PLUGIN)
+	./tests/bench-extents.sh
+
 clean:
 	rm -rf build $(PLUGIN) $(MANPAGE)
 
@@ -119,4 +122,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all check fuzz check-cgocheck2 demo bench install uninstall clean distclean dist distcheck
+.PHONY: all check fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
