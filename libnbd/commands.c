@@ -163,15 +163,11 @@ signal_cmd (struct gonbd_cmd *c, unsigned bits)
     futex_wake (&c->state);
 }
 
-/* Completion callbacks run in this thread (lead counts them). */
-static __thread unsigned nr_completed;
-
 static int
 on_complete (void *user_data, int *error)
 {
   struct gonbd_cmd *c = user_data;
 
-  nr_completed++;
   c->error = *error;
   signal_cmd (c, DONE);
   return 1;                     /* retire the command */
@@ -360,68 +356,49 @@ leader_socket (struct gonbd *g)
   return g->sock_fd;
 }
 
-/* Poll the socket and let libnbd read and write until c is done.
- *
- * After a turn that completed commands the leader reads again without
- * polling first: replies tend to come in runs, and the next has often
- * arrived while the last ones' threads were being woken, so the poll
- * would only say so (a system call, often a sleep and a wake-up).  A
- * read notification is only safe when libnbd is not in the middle of
- * sending, though: it would then pause the send to read, and wait for a
- * reply the server does not send before it has the rest of the request.
- * So the leader looks at libnbd's direction first, under io_lock (no
- * one can start a send meanwhile), and polls as usual if it includes
- * writing.
- */
+/* Poll the socket and let libnbd read and write until c is done. */
 static void
 lead (struct gonbd *g, struct gonbd_cmd *c)
 {
   struct pollfd fds[2];
-  unsigned dir, done_before;
+  unsigned dir;
   uint64_t n;
-  int r, read_now = 0;
+  int r;
 
   while (!(atomic_load (&c->state) & DONE)) {
     fds[0].fd = leader_socket (g);
     if (fds[0].fd == -1)
       break;                    /* closed or dead: libnbd failed c */
-    if (!read_now) {
-      dir = nbd_aio_get_direction (g->nbd);
-      fds[0].events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
-                      ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
-      fds[1].fd = g->wake_fd;
-      fds[1].events = POLLIN;
-      r = poll (fds, 2, ms_left (c->deadline));
-      if (r == -1) {
-        /* EINTR, or ENOMEM: try again.  Giving up is not an option while
-         * commands are in flight.
-         */
-        if (errno != EINTR)
-          nanosleep (&(struct timespec) { 0, 1000000 }, NULL);
-        continue;
-      }
-      if (r == 0) {             /* c's deadline passed */
-        kill_connection (g);
-        c->deadline = -1;
-        continue;
-      }
-      if (fds[1].revents & POLLIN) {
-        if (read (g->wake_fd, &n, sizeof n) == -1) { /* drained */ }
-      }
+    dir = nbd_aio_get_direction (g->nbd);
+    fds[0].events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+                    ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+    fds[1].fd = g->wake_fd;
+    fds[1].events = POLLIN;
+    r = poll (fds, 2, ms_left (c->deadline));
+    if (r == -1) {
+      /* EINTR, or ENOMEM: try again.  Giving up is not an option while
+       * commands are in flight.
+       */
+      if (errno != EINTR)
+        nanosleep (&(struct timespec) { 0, 1000000 }, NULL);
+      continue;
+    }
+    if (r == 0) {               /* c's deadline passed */
+      kill_connection (g);
+      c->deadline = -1;
+      continue;
+    }
+    if (fds[1].revents & POLLIN) {
+      if (read (g->wake_fd, &n, sizeof n) == -1) { /* drained */ }
     }
     deferring = 1;
     pthread_mutex_lock (&g->io_lock);
-    done_before = nr_completed;
-    if (read_now)
-      r = (nbd_aio_get_direction (g->nbd) & LIBNBD_AIO_DIRECTION_WRITE) ?
-          0 : nbd_aio_notify_read (g->nbd);
-    else if (fds[0].revents & (POLLIN | POLLHUP | POLLERR))
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR))
       r = nbd_aio_notify_read (g->nbd);
     else if (fds[0].revents & POLLOUT)
       r = nbd_aio_notify_write (g->nbd);
     else
       r = 0;
-    read_now = nr_completed != done_before;
     /* Wake the threads whose replies came before sending what others
      * left on to_issue: they have a reply to pass on, and no one waits
      * for io_lock meanwhile.
