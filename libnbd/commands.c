@@ -356,7 +356,16 @@ leader_socket (struct gonbd *g)
   return g->sock_fd;
 }
 
-/* Poll the socket and let libnbd read and write until c is done. */
+/* Poll the socket and let libnbd read and write until c is done.
+ *
+ * libnbd reads one reply per read notification, so the leader polls
+ * about once per reply.  Notifying it without a poll first ("the next
+ * reply may be there already") is not safe: in the middle of a send it
+ * pauses the send to wait for a reply the server will not send before
+ * the rest of the request; and when nothing has come it stays in its
+ * reply-reading state and holds back new commands until a reply comes,
+ * which cost 7-10% with a slow server.
+ */
 static void
 lead (struct gonbd *g, struct gonbd_cmd *c)
 {
