@@ -17,6 +17,9 @@ import (
 // checks both that a client is served and which way Go was started.
 const inProcessLine = "nbdkit will not fork: starting Go at config_complete"
 
+// The size of the "memory 32M" server these tests proxy.
+const size32M = "33554432"
+
 // sizeThrough asks for the export size through uri, failing rather than
 // hanging if nothing answers.
 func sizeThrough(t *testing.T, uri string) string {
@@ -39,7 +42,6 @@ func checkWhereGoStarted(t *testing.T, stderr string, wantInProcess bool) {
 
 func TestGoStartsInProcessWhenNbdkitWillNotFork(t *testing.T) {
 	server := startServer(t, "memory", "32M")
-	const size = "33554432"
 	for _, opts := range [][]string{
 		{"-f"}, {"-fv"}, {"--foreground"}, {"--fore"}, {"--no-fork"},
 		{"--exit-with-parent"}, {"-f", "-D", "nbd-go.verbose=0"},
@@ -58,8 +60,8 @@ func TestGoStartsInProcessWhenNbdkitWillNotFork(t *testing.T) {
 			defer cmd.Wait()
 			defer cmd.Process.Kill()
 			waitSocket(t, sock)
-			if got := sizeThrough(t, unixURI(sock)); got != size {
-				t.Fatalf("size %q, want %s", got, size)
+			if got := sizeThrough(t, unixURI(sock)); got != size32M {
+				t.Fatalf("size %q, want %s", got, size32M)
 			}
 			cmd.Process.Kill()
 			cmd.Wait()
@@ -88,7 +90,7 @@ func TestGoStartsInCheckChildUnderRun(t *testing.T) {
 			if err := c.Run(); err != nil {
 				t.Fatalf("nbdkit: %v (a hang ends in a kill after 30 s)\n%s", err, stderr.String())
 			}
-			if got := strings.TrimSpace(stdout.String()); got != "33554432" {
+			if got := strings.TrimSpace(stdout.String()); got != size32M {
 				t.Fatalf("--run printed %q", got)
 			}
 			checkWhereGoStarted(t, stderr.String(), false)
@@ -129,7 +131,7 @@ func TestGoStartsInCheckChildInDaemonMode(t *testing.T) {
 			}
 			waitSocket(t, sock)
 			daemonPid(t, pidFile)
-			if got := sizeThrough(t, unixURI(sock)); got != "33554432" {
+			if got := sizeThrough(t, unixURI(sock)); got != size32M {
 				t.Fatalf("size %q", got)
 			}
 			b, _ := os.ReadFile(logFile.Name())
