@@ -5,6 +5,8 @@
 -include config.mk
 
 PLUGIN     = nbdkit-nbd-go-plugin.so
+# The kit's example plugin (examples/ramdisk), built by the same rule.
+RAMDISK    = examples/ramdisk/nbdkit-ramdisk-plugin.so
 GO        ?= go
 POD2MAN   ?= pod2man
 # Never download a toolchain: builds work offline.
@@ -14,11 +16,11 @@ PKG_CONFIG ?= pkg-config
 GOFLAGS_BUILD = -trimpath -ldflags='-buildid= -s -w'
 CFLAGS    ?= -O2 -g
 LOADER_CFLAGS = -fPIC -Wall -Werror=implicit-function-declaration \
-	$(shell $(PKG_CONFIG) --cflags nbdkit) -Inbdkit -Ibuild \
+	$(shell $(PKG_CONFIG) --cflags nbdkit) -Inbdkit \
 	-ffile-prefix-map=$(CURDIR)=.
 export CGO_CFLAGS ?= -O2 -g -ffile-prefix-map=$(CURDIR)=.
 
-GO_SOURCES = go.mod $(wildcard go.sum) $(shell find nbdkit libnbd plugin cmd -name '*.go' -o -name '*.c' -o -name '*.h')
+GO_SOURCES = go.mod $(wildcard go.sum) $(shell find nbdkit libnbd plugin cmd examples -name '*.go' -o -name '*.c' -o -name '*.h')
 
 MANPAGE    = nbdkit-nbd-go-plugin.1
 VERSION    = 1.0.0
@@ -26,7 +28,7 @@ prefix    ?= /usr/local
 mandir    ?= $(prefix)/share/man
 plugindir ?= $(shell $(PKG_CONFIG) --variable=plugindir nbdkit)
 
-all: $(PLUGIN) $(MANPAGE)
+all: $(PLUGIN) $(RAMDISK) $(MANPAGE)
 
 $(MANPAGE): nbdkit-nbd-go-plugin.pod
 	$(POD2MAN) --section=1 --center=nbdkit --release=$(VERSION) \
@@ -41,23 +43,33 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(plugindir)/$(PLUGIN) $(DESTDIR)$(mandir)/man1/$(MANPAGE)
 
-build/libnbd-go.so: $(GO_SOURCES)
-	@mkdir -p build
-	$(GO) build $(GOFLAGS_BUILD) -buildmode=c-shared -o $@ ./cmd/nbdkit-nbd-go-plugin
-	rm -f build/libnbd-go.h
+# GO_PLUGIN(OUTPUT, MAIN, BUILDDIR) builds the Go main package MAIN
+# (which calls nbdkit.Register and, run as a program,
+# nbdkit.WriteLoaderHeader) into OUTPUT: the loader with the Go library
+# inside.  BUILDDIR holds the intermediate files, one per plugin.
+LOADER_SOURCES = loader/loader.c loader/forks.c loader/forks.h loader/embed.S nbdkit/abi.h
+define GO_PLUGIN
+$(3)/library.so: $$(GO_SOURCES)
+	@mkdir -p $(3)
+	$$(GO) build $$(GOFLAGS_BUILD) -buildmode=c-shared -o $$@ ./$(2)
+	rm -f $(3)/library.h
 
-build/plugin-desc.h: $(GO_SOURCES)
-	@mkdir -p build
-	$(GO) run $(GOFLAGS_BUILD) ./cmd/nbdkit-nbd-go-plugin > $@.tmp
-	mv $@.tmp $@
+$(3)/plugin-desc.h: $$(GO_SOURCES)
+	@mkdir -p $(3)
+	$$(GO) run $$(GOFLAGS_BUILD) ./$(2) > $$@.tmp
+	mv $$@.tmp $$@
 
-$(PLUGIN): loader/loader.c loader/forks.c loader/forks.h loader/embed.S nbdkit/abi.h build/plugin-desc.h build/libnbd-go.so
-	$(CC) $(CFLAGS) $(LOADER_CFLAGS) -shared -o $@ \
-		-DGO_LIBRARY='"build/libnbd-go.so"' loader/loader.c loader/forks.c loader/embed.S -ldl
+$(1): $$(LOADER_SOURCES) $(3)/plugin-desc.h $(3)/library.so
+	$$(CC) $$(CFLAGS) $$(LOADER_CFLAGS) -I$(3) -shared -o $$@ \
+		-DGO_LIBRARY='"$(3)/library.so"' loader/loader.c loader/forks.c loader/embed.S -ldl
+endef
 
-check: $(PLUGIN)
+$(eval $(call GO_PLUGIN,$(PLUGIN),cmd/nbdkit-nbd-go-plugin,build/nbd-go))
+$(eval $(call GO_PLUGIN,$(RAMDISK),examples/ramdisk,build/ramdisk))
+
+check: all
 	$(GO) vet ./...
-	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd tests)" || { gofmt -l nbdkit libnbd plugin cmd tests; exit 1; }
+	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd examples tests)" || { gofmt -l nbdkit libnbd plugin cmd examples tests; exit 1; }
 	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin
 	$(GO) test -count=1 -timeout 12m ./tests
 
@@ -73,7 +85,7 @@ fuzz:
 # The whole suite once more with cgo's strict pointer checks compiled in.
 check-cgocheck2:
 	$(MAKE) clean
-	GOEXPERIMENT=cgocheck2 $(MAKE) $(PLUGIN)
+	GOEXPERIMENT=cgocheck2 $(MAKE) $(PLUGIN) $(RAMDISK)
 	$(GO) test -count=1 -short -timeout 12m ./tests
 	$(MAKE) clean
 
@@ -87,7 +99,7 @@ bench-extents: $(PLUGIN)
 	./tests/bench-extents.sh
 
 clean:
-	rm -rf build $(PLUGIN) $(MANPAGE)
+	rm -rf build $(PLUGIN) $(RAMDISK) $(MANPAGE)
 
 distclean: clean
 	rm -rf config.mk config.status config.log autom4te.cache

@@ -1,4 +1,6 @@
-/* The Go library, carried inside the loader so that users copy one file.
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * The Go library, carried inside the loader so that users copy one file.
  * GO_LIBRARY is its path at build time (see Makefile).
  */
 	.section .rodata

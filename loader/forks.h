@@ -2,7 +2,11 @@
 #ifndef NBDKITGO_FORKS_H
 #define NBDKITGO_FORKS_H
 
-/* 0 if nbdkit will certainly not fork after config_complete, else 1. */
-int nbdkit_may_fork (void);
+/* 0 if nbdkit will certainly not fork after config_complete, else 1.
+ * Renamed out of nbdkit's namespace (forks.c, which includes this file,
+ * defines it under the old name) and kept out of the .so's exports.
+ */
+#define nbdkit_may_fork nbdkitgo_may_fork
+__attribute__ ((visibility ("hidden"))) int nbdkit_may_fork (void);
 
 #endif

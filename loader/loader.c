@@ -1,4 +1,6 @@
-/* The loader: the .so that nbdkit loads, for a plugin written in Go.
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * The loader: the .so that nbdkit loads, for a plugin written in Go.
  *
  * A Go runtime does not survive fork(): after it, only the forking thread
  * exists in the child, and the runtime's own threads are gone for good
@@ -50,6 +52,33 @@
 
 extern const unsigned char nbdkitgo_library[], nbdkitgo_library_end[];
 
+/* abi.h copies nbdkit's constants for the Go library: check the copies. */
+#define SAME(name) \
+  _Static_assert (NBDKITGO_##name == NBDKIT_##name, "abi.h: " #name)
+SAME (FLAG_MAY_TRIM);
+SAME (FLAG_FUA);
+SAME (FLAG_REQ_ONE);
+SAME (FLAG_FAST_ZERO);
+SAME (THREAD_MODEL_SERIALIZE_CONNECTIONS);
+SAME (THREAD_MODEL_SERIALIZE_ALL_REQUESTS);
+SAME (THREAD_MODEL_SERIALIZE_REQUESTS);
+SAME (THREAD_MODEL_PARALLEL);
+SAME (FUA_NONE);
+SAME (FUA_EMULATE);
+SAME (FUA_NATIVE);
+SAME (CACHE_NONE);
+SAME (CACHE_EMULATE);
+SAME (CACHE_NATIVE);
+SAME (EXTENT_HOLE);
+SAME (EXTENT_ZERO);
+#undef SAME
+
+/* Libraries the Go plugin asked to map before nbdkit forks
+ * (Plugin.Preload).
+ */
+#define PRELOAD_NAME(lib) lib,
+static const char *const preload[] = { NBDKITGO_PRELOAD (PRELOAD_NAME) NULL };
+
 /* Debug flags: nbdkit sets NAME_debug_FLAG by symbol name.  The asm label
  * lets NAME contain '-', which C identifiers cannot.
  */
@@ -67,23 +96,13 @@ static const struct nbdkitgo_host host = {
   .error = nbdkit_error,
   .debug = nbdkit_debug,
   .set_error = nbdkit_set_error,
-  .parse_bool = nbdkit_parse_bool,
-  .parse_int = nbdkit_parse_int,
-  .parse_unsigned = nbdkit_parse_unsigned,
-  .parse_uint16_t = nbdkit_parse_uint16_t,
-  .parse_uint32_t = nbdkit_parse_uint32_t,
-  .parse_int64_t = nbdkit_parse_int64_t,
-  .parse_uint64_t = nbdkit_parse_uint64_t,
   .parse_size = nbdkit_parse_size,
   .absolute_path = nbdkit_absolute_path,
-  .read_password = nbdkit_read_password,
   .export_name = nbdkit_export_name,
-  .is_tls = nbdkit_is_tls,
   .add_export = nbdkit_add_export,
   .use_default_export = nbdkit_use_default_export,
   .add_extent = nbdkit_add_extent,
   .strdup_intern = nbdkit_strdup_intern,
-  .shutdown = nbdkit_shutdown,
   .debug_flag_names = debug_flag_names,
   .debug_flags = debug_flags,
 };
@@ -104,18 +123,18 @@ static void
 loader_load (void)
 {
   size_t len = nbdkitgo_library_end - nbdkitgo_library;
-  size_t done = 0;
+  size_t done = 0, i;
   ssize_t r;
 
-  /* Map libnbd (and the libraries it pulls in: libxml2, ICU, ...) now,
-   * before nbdkit forks, so that the check child and the serving process
-   * both inherit it instead of each paying for its dlopen: that is a
-   * good part of our startup time over the C nbd plugin's, which loads
-   * libnbd once.  libnbd starts no threads, so it survives the fork.
-   * The Go library's NEEDED entry then finds it already loaded.  A
-   * failure here is not ours to report: loading the Go library will.
+  /* Map the libraries the Go library needs and is slow to load (as
+   * the plugin listed them) now, before nbdkit forks, so that the check
+   * child and the serving process both inherit them instead of each
+   * paying for their dlopen.  The Go library's NEEDED entries then find
+   * them already loaded.  A failure here is not ours to report: loading
+   * the Go library will.
    */
-  dlopen ("libnbd.so.0", RTLD_NOW | RTLD_LOCAL);
+  for (i = 0; preload[i]; ++i)
+    dlopen (preload[i], RTLD_NOW | RTLD_LOCAL);
 
   library_fd = memfd_create ("nbdkit-go-library", MFD_CLOEXEC);
   if (library_fd == -1)

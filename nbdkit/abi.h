@@ -1,4 +1,6 @@
-/* The interface between the C loader (loader/loader.c) and the Go library
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * The interface between the C loader (loader/loader.c) and the Go library
  * it loads.  The loader is what nbdkit dlopens; the Go library is loaded
  * later, into the process that serves (see loader.c for why).
  *
@@ -10,7 +12,7 @@
 
 #include <stdint.h>
 
-#define NBDKITGO_ABI_VERSION 2
+#define NBDKITGO_ABI_VERSION 3
 
 struct nbdkit_extents;
 struct nbdkit_exports;
@@ -24,25 +26,15 @@ struct nbdkitgo_host {
   void (*error) (const char *fs, ...);
   void (*debug) (const char *fs, ...);
   void (*set_error) (int err);
-  int (*parse_bool) (const char *str);
-  int (*parse_int) (const char *what, const char *str, int *r);
-  int (*parse_unsigned) (const char *what, const char *str, unsigned *r);
-  int (*parse_uint16_t) (const char *what, const char *str, uint16_t *r);
-  int (*parse_uint32_t) (const char *what, const char *str, uint32_t *r);
-  int (*parse_int64_t) (const char *what, const char *str, int64_t *r);
-  int (*parse_uint64_t) (const char *what, const char *str, uint64_t *r);
   int64_t (*parse_size) (const char *str);
   char *(*absolute_path) (const char *path);
-  int (*read_password) (const char *value, char **password);
   const char *(*export_name) (void);
-  int (*is_tls) (void);
   int (*add_export) (struct nbdkit_exports *, const char *name,
                      const char *description);
   int (*use_default_export) (struct nbdkit_exports *);
   int (*add_extent) (struct nbdkit_extents *, uint64_t offset,
                      uint64_t length, uint32_t type);
   const char *(*strdup_intern) (const char *str);
-  void (*shutdown) (void);
   /* Debug flags (-D NAME.FLAG=N): a NULL-terminated list of names and
    * the matching ints in the loader.
    */
@@ -50,11 +42,31 @@ struct nbdkitgo_host {
   int *const *debug_flags;
 };
 
-/* nbdkit's request flags (nbdkit-common.h), for direct data paths. */
+/* nbdkit's constants (nbdkit-common.h), copied because the Go library
+ * does not include nbdkit's headers.  The loader checks them against
+ * nbdkit's (_Static_assert in loader.c), the Go package its constants
+ * against these (nbdkit/abi.go), so a copy that drifts fails to build.
+ */
+/* Request flags, also for direct data paths. */
 #define NBDKITGO_FLAG_MAY_TRIM  (1 << 0)
 #define NBDKITGO_FLAG_FUA       (1 << 1)
 #define NBDKITGO_FLAG_REQ_ONE   (1 << 2)
 #define NBDKITGO_FLAG_FAST_ZERO (1 << 3)
+/* Thread models. */
+#define NBDKITGO_THREAD_MODEL_SERIALIZE_CONNECTIONS  0
+#define NBDKITGO_THREAD_MODEL_SERIALIZE_ALL_REQUESTS 1
+#define NBDKITGO_THREAD_MODEL_SERIALIZE_REQUESTS     2
+#define NBDKITGO_THREAD_MODEL_PARALLEL               3
+/* can_fua and can_cache answers. */
+#define NBDKITGO_FUA_NONE      0
+#define NBDKITGO_FUA_EMULATE   1
+#define NBDKITGO_FUA_NATIVE    2
+#define NBDKITGO_CACHE_NONE    0
+#define NBDKITGO_CACHE_EMULATE 1
+#define NBDKITGO_CACHE_NATIVE  2
+/* Extent types. */
+#define NBDKITGO_EXTENT_HOLE (1 << 0)
+#define NBDKITGO_EXTENT_ZERO (1 << 1)
 
 /* A direct data path: C functions a Go plugin may attach to a
  * connection (Plugin.Direct) so that the loader serves data requests

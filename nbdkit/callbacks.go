@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package nbdkit
 
 // The C entry points of the Go library: one //export-ed function per

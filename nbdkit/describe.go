@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package nbdkit
 
 import (
@@ -29,8 +31,8 @@ var callbackNames = map[string]string{
 }
 
 // WriteLoaderHeader writes the C header the loader is compiled with: the
-// registered plugin's static fields, debug flags, and one
-// NBDKITGO_HAS_<callback> per callback it implements.  nbdkit reads
+// registered plugin's static fields, debug flags, libraries to preload,
+// and one NBDKITGO_HAS_<callback> per callback it implements.  nbdkit reads
 // these before any Go code may run, so they are fixed at build time.
 func WriteLoaderHeader(w io.Writer) error {
 	if registeredAs == nil {
@@ -57,6 +59,11 @@ func WriteLoaderHeader(w io.Writer) error {
 			return fmt.Errorf("debug flag %q: use letters, digits and _ only", flag)
 		}
 		fmt.Fprintf(b, " X(%s)", flag)
+	}
+	fmt.Fprintf(b, "\n")
+	fmt.Fprintf(b, "#define NBDKITGO_PRELOAD(X)")
+	for _, lib := range v.FieldByName("Preload").Interface().([]string) {
+		fmt.Fprintf(b, " X(%s)", cQuote(lib))
 	}
 	fmt.Fprintf(b, "\n")
 	t := v.Type()

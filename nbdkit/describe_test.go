@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package nbdkit
 
 import (
@@ -15,6 +17,7 @@ func TestWriteLoaderHeader(t *testing.T) {
 		Name:       "test",
 		ConfigHelp: "a=<A> \"quoted\"\nb=<B> 100%",
 		DebugFlags: []string{"verbose"},
+		Preload:    []string{"libfoo.so.1"},
 		Open:       func(bool) (*testHandle, error) { return &testHandle{}, nil },
 		GetSize:    func(*testHandle) (int64, error) { return 1, nil },
 		PRead:      func(*testHandle, []byte, uint64, Flags) error { return nil },
@@ -28,6 +31,7 @@ func TestWriteLoaderHeader(t *testing.T) {
 		`#define NBDKITGO_NAME "test"`,
 		`#define NBDKITGO_LONGNAME NULL`,
 		`#define NBDKITGO_DEBUG_FLAGS(X) X(verbose)`,
+		`#define NBDKITGO_PRELOAD(X) X("libfoo.so.1")`,
 		`"a=<A> \"quoted\"\n" \`,
 		`#define NBDKITGO_HAS_pread 1`,
 		`#define NBDKITGO_HAS_open 1`,
@@ -44,19 +48,19 @@ func TestWriteLoaderHeader(t *testing.T) {
 }
 
 func TestErrno(t *testing.T) {
-	if Errno(errors.New("plain")) != syscall.EIO {
+	if errnoOf(errors.New("plain")) != syscall.EIO {
 		t.Error("a plain error should be EIO")
 	}
 	wrapped := fmt.Errorf("context: %w", syscall.ENOSPC)
-	if Errno(wrapped) != syscall.ENOSPC {
+	if errnoOf(wrapped) != syscall.ENOSPC {
 		t.Error("the errno in an error's chain is lost")
 	}
 }
 
 // Outside nbdkit (no loader) the helpers fail cleanly.
 func TestHelpersOutsideNbdkit(t *testing.T) {
-	if _, err := ParseBool("true"); err == nil {
-		t.Error("ParseBool outside nbdkit should fail")
+	if _, err := ParseSize("64M"); err == nil {
+		t.Error("ParseSize outside nbdkit should fail")
 	}
 	if DebugFlag("verbose") != 0 {
 		t.Error("no debug flag is set outside nbdkit")

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package nbdkit
 
 // nbdkit's helper functions for plugins (nbdkit_error, nbdkit_parse_*,
@@ -28,12 +30,12 @@ func report(err error) {
 	if !errors.As(err, &r) {
 		Errorf("%s", err.Error())
 	}
-	SetError(Errno(err))
+	setError(errnoOf(err))
 }
 
-// Errno is the errno that err carries (a syscall.Errno in its chain), or
-// EIO.
-func Errno(err error) syscall.Errno {
+// errnoOf is the errno that err carries (a syscall.Errno in its chain),
+// or EIO.
+func errnoOf(err error) syscall.Errno {
 	var e syscall.Errno
 	if errors.As(err, &e) && e != 0 {
 		return e
@@ -63,8 +65,8 @@ func Debugf(format string, args ...any) {
 	C.host_debug(cs)
 }
 
-// SetError sets the errno of the failing callback (nbdkit_set_error).
-func SetError(errno syscall.Errno) { C.host_set_error(C.int(errno)) }
+// setError sets the errno of the failing callback (nbdkit_set_error).
+func setError(errno syscall.Errno) { C.host_set_error(C.int(errno)) }
 
 // DebugFlag is the value of -D NAME.FLAG=N for a flag listed in
 // Plugin.DebugFlags (0 when not set).
@@ -84,87 +86,9 @@ func parsed(what string, rc C.int) error {
 	return nil
 }
 
-// ParseBool parses a boolean as nbdkit does (1/0, true/false, yes/no,
-// on/off), printing nbdkit's message on error.
-func ParseBool(s string) (bool, error) {
-	cs, free := cstring(s)
-	defer free()
-	rc := C.host_parse_bool(cs)
-	if err := parsed("boolean", rc); err != nil {
-		return false, err
-	}
-	return rc == 1, nil
-}
-
-// ParseInt parses a signed int (nbdkit_parse_int); what names the value
-// in the error message.
-func ParseInt(what, s string) (int, error) {
-	cw, freew := cstring(what)
-	defer freew()
-	cs, free := cstring(s)
-	defer free()
-	var r C.int
-	err := parsed(what, C.host_parse_int(cw, cs, &r))
-	return int(r), err
-}
-
-// ParseUnsigned parses an unsigned int (nbdkit_parse_unsigned).
-func ParseUnsigned(what, s string) (uint, error) {
-	cw, freew := cstring(what)
-	defer freew()
-	cs, free := cstring(s)
-	defer free()
-	var r C.unsigned
-	err := parsed(what, C.host_parse_unsigned(cw, cs, &r))
-	return uint(r), err
-}
-
-// ParseUint16 parses a uint16 (nbdkit_parse_uint16_t).
-func ParseUint16(what, s string) (uint16, error) {
-	cw, freew := cstring(what)
-	defer freew()
-	cs, free := cstring(s)
-	defer free()
-	var r C.uint16_t
-	err := parsed(what, C.host_parse_uint16(cw, cs, &r))
-	return uint16(r), err
-}
-
-// ParseUint32 parses a uint32 (nbdkit_parse_uint32_t).
-func ParseUint32(what, s string) (uint32, error) {
-	cw, freew := cstring(what)
-	defer freew()
-	cs, free := cstring(s)
-	defer free()
-	var r C.uint32_t
-	err := parsed(what, C.host_parse_uint32(cw, cs, &r))
-	return uint32(r), err
-}
-
-// ParseInt64 parses an int64 (nbdkit_parse_int64_t).
-func ParseInt64(what, s string) (int64, error) {
-	cw, freew := cstring(what)
-	defer freew()
-	cs, free := cstring(s)
-	defer free()
-	var r C.int64_t
-	err := parsed(what, C.host_parse_int64(cw, cs, &r))
-	return int64(r), err
-}
-
-// ParseUint64 parses a uint64 (nbdkit_parse_uint64_t).
-func ParseUint64(what, s string) (uint64, error) {
-	cw, freew := cstring(what)
-	defer freew()
-	cs, free := cstring(s)
-	defer free()
-	var r C.uint64_t
-	err := parsed(what, C.host_parse_uint64(cw, cs, &r))
-	return uint64(r), err
-}
-
-// ParseSize parses a size with an optional unit such as 1M
-// (nbdkit_parse_size).
+// ParseSize parses a size with an optional unit such as 64M, as nbdkit
+// does (nbdkit_parse_size).  On error nbdkit has printed its message;
+// the returned error is not printed again when a callback returns it.
 func ParseSize(s string) (int64, error) {
 	cs, free := cstring(s)
 	defer free()
@@ -188,19 +112,6 @@ func AbsolutePath(path string) (string, error) {
 	return C.GoString(r), nil
 }
 
-// ReadPassword reads a password as nbdkit does for password=... (the
-// value itself, - for a prompt, +FILE, -FD) (nbdkit_read_password).
-func ReadPassword(value string) (string, error) {
-	cs, free := cstring(value)
-	defer free()
-	var r *C.char
-	if err := parsed("password", C.host_read_password(cs, &r)); err != nil {
-		return "", err
-	}
-	defer C.free(unsafe.Pointer(r))
-	return C.GoString(r), nil
-}
-
 // ExportName is the export name the client asked for.  Call it only from
 // a connection callback, on the thread nbdkit called it on.
 func ExportName() (string, error) {
@@ -210,13 +121,6 @@ func ExportName() (string, error) {
 	}
 	return C.GoString(r), nil
 }
-
-// IsTLS reports whether the client's connection uses TLS (same caveat as
-// ExportName).
-func IsTLS() bool { return C.host_is_tls() == 1 }
-
-// Shutdown asks nbdkit to shut down (nbdkit_shutdown).
-func Shutdown() { C.host_shutdown() }
 
 // Exports collects the exports a ListExports callback lists.
 type Exports struct{ c *C.struct_nbdkit_exports }

@@ -1,4 +1,6 @@
-/* See host.h.  Every wrapper checks for the table so that Go tests of
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * See host.h.  Every wrapper checks for the table so that Go tests of
  * this package (no nbdkit, no loader) fail cleanly instead of crashing.
  */
 #include <errno.h>
@@ -32,44 +34,6 @@ host_debug (const char *msg)
 
 void host_set_error (int err) { if (H) H->set_error (err); }
 
-int host_parse_bool (const char *str) { return H ? H->parse_bool (str) : -1; }
-
-int
-host_parse_int (const char *what, const char *str, int *r)
-{
-  return H ? H->parse_int (what, str, r) : -1;
-}
-
-int
-host_parse_unsigned (const char *what, const char *str, unsigned *r)
-{
-  return H ? H->parse_unsigned (what, str, r) : -1;
-}
-
-int
-host_parse_uint16 (const char *what, const char *str, uint16_t *r)
-{
-  return H ? H->parse_uint16_t (what, str, r) : -1;
-}
-
-int
-host_parse_uint32 (const char *what, const char *str, uint32_t *r)
-{
-  return H ? H->parse_uint32_t (what, str, r) : -1;
-}
-
-int
-host_parse_int64 (const char *what, const char *str, int64_t *r)
-{
-  return H ? H->parse_int64_t (what, str, r) : -1;
-}
-
-int
-host_parse_uint64 (const char *what, const char *str, uint64_t *r)
-{
-  return H ? H->parse_uint64_t (what, str, r) : -1;
-}
-
 int64_t host_parse_size (const char *str) { return H ? H->parse_size (str) : -1; }
 
 char *
@@ -78,15 +42,7 @@ host_absolute_path (const char *path)
   return H ? H->absolute_path (path) : NULL;
 }
 
-int
-host_read_password (const char *value, char **password)
-{
-  return H ? H->read_password (value, password) : -1;
-}
-
 const char *host_export_name (void) { return H ? H->export_name () : NULL; }
-
-int host_is_tls (void) { return H ? H->is_tls () : 0; }
 
 int
 host_add_export (struct nbdkit_exports *e, const char *name,
@@ -113,8 +69,6 @@ host_strdup_intern (const char *str)
 {
   return H ? H->strdup_intern (str) : NULL;
 }
-
-void host_shutdown (void) { if (H) H->shutdown (); }
 
 int
 host_debug_flag (const char *name)

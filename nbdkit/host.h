@@ -1,4 +1,6 @@
-/* C side of the nbdkit binding: calls into nbdkit through the host table
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * C side of the nbdkit binding: calls into nbdkit through the host table
  * the loader handed over.  Each wrapper is a thin, non-variadic C
  * function that cgo can call; when the table is missing (the package's
  * own Go tests, which run outside nbdkit) each one degrades gracefully.
@@ -15,25 +17,15 @@ int host_present (void);
 void host_error (const char *msg);
 void host_debug (const char *msg);
 void host_set_error (int err);
-int host_parse_bool (const char *str);
-int host_parse_int (const char *what, const char *str, int *r);
-int host_parse_unsigned (const char *what, const char *str, unsigned *r);
-int host_parse_uint16 (const char *what, const char *str, uint16_t *r);
-int host_parse_uint32 (const char *what, const char *str, uint32_t *r);
-int host_parse_int64 (const char *what, const char *str, int64_t *r);
-int host_parse_uint64 (const char *what, const char *str, uint64_t *r);
 int64_t host_parse_size (const char *str);
 char *host_absolute_path (const char *path);
-int host_read_password (const char *value, char **password);
 const char *host_export_name (void);
-int host_is_tls (void);
 int host_add_export (struct nbdkit_exports *e, const char *name,
                      const char *description);
 int host_use_default_export (struct nbdkit_exports *e);
 int host_add_extent (struct nbdkit_extents *e, uint64_t offset,
                      uint64_t length, uint32_t type);
 const char *host_strdup_intern (const char *str);
-void host_shutdown (void);
 int host_debug_flag (const char *name);
 
 #endif

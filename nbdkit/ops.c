@@ -1,4 +1,6 @@
-/* The table of Go callbacks handed to the loader.  The functions are the
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * The table of Go callbacks handed to the loader.  The functions are the
  * //export-ed ones of callbacks.go; only pwrite needs a cast, because Go
  * cannot spell "const void *".
  */

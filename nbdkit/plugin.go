@@ -1,21 +1,5 @@
-// Package nbdkit writes nbdkit plugins in Go.
-//
-// A plugin is a Plugin value passed to Register from an init function of
-// a main package built with -buildmode=c-shared.  nbdkit does not load
-// that library itself: it loads the C loader (loader/loader.c), which
-// carries the Go library inside it and starts it only in a process that
-// nbdkit will not fork afterwards, because a Go runtime does not survive
-// fork.  The loader's callback table is fixed at build time from the
-// Plugin value (see WriteLoaderHeader): a callback left nil here is not
-// advertised to nbdkit, exactly as with a C plugin.
-//
-// What the loader's design means for a plugin:
-//   - Load, Config, ConfigComplete and GetReady run twice: once in a
-//     short-lived child that only checks the configuration (so that
-//     errors reach the user before nbdkit daemonizes), and again in the
-//     serving process, just before AfterFork.  They must not have side
-//     effects that cannot be repeated.
-//   - Config runs with the working directory nbdkit had at start-up.
+// SPDX-License-Identifier: BSD-3-Clause
+
 package nbdkit
 
 import (
@@ -23,61 +7,71 @@ import (
 	"unsafe"
 )
 
-// ThreadModel is nbdkit's thread model.
+// The values below are nbdkit's (nbdkit-common.h); abi.go checks them
+// at compile time.
+
+// ThreadModel is what Plugin.ThreadModel returns: how many requests
+// nbdkit may run at once (see nbdkit-plugin(3), THREADS).
 type ThreadModel int
 
-// The thread models, as in nbdkit-plugin.h.
+// The thread models.
 const (
-	SerializeConnections ThreadModel = iota
-	SerializeAllRequests
-	SerializeRequests
-	Parallel
+	SerializeConnections ThreadModel = 0 // one connection at a time
+	SerializeAllRequests ThreadModel = 1 // one request at a time, over all connections
+	SerializeRequests    ThreadModel = 2 // one request at a time per connection
+	Parallel             ThreadModel = 3 // any number at once (the default here)
 )
 
 // Flags are the flags nbdkit passes to data callbacks.
 type Flags uint32
 
-// The request flags, as in nbdkit-plugin.h.
+// The request flags.
 const (
-	FlagMayTrim  Flags = 1 << 0
-	FlagFUA      Flags = 1 << 1
-	FlagReqOne   Flags = 1 << 2
-	FlagFastZero Flags = 1 << 3
+	FlagMayTrim  Flags = 1 << 0 // Zero may leave a hole
+	FlagFUA      Flags = 1 << 1 // the data must be persistent on return
+	FlagReqOne   Flags = 1 << 2 // Extents needs to report only one extent
+	FlagFastZero Flags = 1 << 3 // Zero must fail with ENOTSUP rather than be slow
 )
 
-// FUAMode is what CanFUA returns.
+// FUAMode is what Plugin.CanFUA returns.
 type FUAMode int
 
 // The FUA modes.
 const (
-	FUANone FUAMode = iota
-	FUAEmulate
-	FUANative
+	FUANone    FUAMode = 0 // no FUA
+	FUAEmulate FUAMode = 1 // nbdkit emulates FUA with Flush
+	FUANative  FUAMode = 2 // the callbacks honour FlagFUA
 )
 
-// CacheMode is what CanCache returns.
+// CacheMode is what Plugin.CanCache returns.
 type CacheMode int
 
 // The cache modes.
 const (
-	CacheNone CacheMode = iota
-	CacheEmulate
-	CacheNative
+	CacheNone    CacheMode = 0 // no cache requests
+	CacheEmulate CacheMode = 1 // nbdkit emulates them with PRead
+	CacheNative  CacheMode = 2 // Plugin.Cache serves them
 )
 
 // Extent types for Extents.Add (equal to NBD's base:allocation flags).
 const (
-	ExtentHole uint32 = 1 << 0
-	ExtentZero uint32 = 1 << 1
+	ExtentHole uint32 = 1 << 0 // not allocated
+	ExtentZero uint32 = 1 << 1 // reads as zeros
 )
 
-// Plugin describes an nbdkit plugin whose per-connection handle is H.
-// Every func field is optional; see nbdkit-plugin(3) for what each
-// callback means.  A callback returning an error makes nbdkit fail the
-// request: the error's text is logged with nbdkit_error and its errno
-// (see Errno) goes to the client.
+// Plugin describes an nbdkit plugin whose per-connection handle is H
+// (what Open returns, handed to every connection callback).  Every func
+// field is optional and has the meaning of the nbdkit callback of the
+// same name (nbdkit-plugin(3)): Load is load, GetSize is get_size, and
+// so on.  A callback returning an error makes nbdkit fail the call: the
+// error's text is logged with nbdkit_error and its errno (see the
+// package documentation) goes to the client.
 type Plugin[H any] struct {
-	Name           string // required
+	// Name is the plugin's name (required), as in nbdkit --dump-plugin
+	// and -D NAME.FLAG=N.
+	Name string
+	// Longname, Version, Description, ConfigHelp and MagicConfigKey
+	// are nbdkit's fields of the same names (may be empty).
 	Longname       string
 	Version        string
 	Description    string
@@ -85,7 +79,16 @@ type Plugin[H any] struct {
 	MagicConfigKey string
 	// DebugFlags names the -D NAME.FLAG=N flags; read them with DebugFlag.
 	DebugFlags []string
+	// Preload lists shared libraries (such as "libnbd.so.0") that the
+	// loader maps when nbdkit loads it, before nbdkit forks, so that
+	// the configuration check and the serving process share that work
+	// instead of each loading them with the Go library.  Only for
+	// libraries that start no threads when loaded.
+	Preload []string
 
+	// Process callbacks: load, unload, dump_plugin, config,
+	// config_complete, thread_model (Parallel if nil), get_ready,
+	// after_fork, cleanup, preconnect, list_exports, default_export.
 	Load           func()
 	Unload         func()
 	DumpPlugin     func()
@@ -99,6 +102,8 @@ type Plugin[H any] struct {
 	ListExports    func(readonly, isTLS bool, exports *Exports) error
 	DefaultExport  func(readonly, isTLS bool) (string, error)
 
+	// Connection callbacks: open, close, export_description, get_size,
+	// block_size and the can_* and is_rotational questions.
 	Open              func(readonly bool) (H, error)
 	Close             func(h H)
 	ExportDescription func(h H) (string, error)
@@ -114,8 +119,8 @@ type Plugin[H any] struct {
 	CanFUA            func(h H) (FUAMode, error)
 	CanMultiConn      func(h H) (bool, error)
 	CanCache          func(h H) (CacheMode, error)
-	// PRead and PWrite receive nbdkit's own buffer (C memory): use it
-	// during the call only.
+	// Data callbacks.  PRead and PWrite receive nbdkit's own buffer (C
+	// memory): use it during the call only.
 	PRead   func(h H, buf []byte, offset uint64, flags Flags) error
 	PWrite  func(h H, buf []byte, offset uint64, flags Flags) error
 	Flush   func(h H, flags Flags) error
