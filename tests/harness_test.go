@@ -28,9 +28,11 @@ var plugin = func() string {
 }()
 
 func TestMain(m *testing.M) {
-	if _, err := os.Stat(plugin); err != nil {
-		fmt.Fprintf(os.Stderr, "%s is not built: run make first\n", plugin)
-		os.Exit(1)
+	for _, so := range []string{plugin, ramdisk} {
+		if _, err := os.Stat(so); err != nil {
+			fmt.Fprintf(os.Stderr, "%s is not built: run make first\n", so)
+			os.Exit(1)
+		}
 	}
 	os.Exit(m.Run())
 }
