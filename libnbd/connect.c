@@ -59,10 +59,18 @@ run_until (struct gonbd *g, int (*done) (struct gonbd *), int64_t deadline,
     }
     if (r <= 0)
       continue;
-    if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
+    /* By the direction libnbd waits in: a connect that fails shows as
+     * POLLERR/POLLHUP, which libnbd must hear about as a write event to
+     * read the socket's error.
+     */
+    if ((dir & LIBNBD_AIO_DIRECTION_READ) &&
+        (pfd.revents & (POLLIN | POLLHUP | POLLERR)))
       r = nbd_aio_notify_read (g->nbd);
-    else if (pfd.revents & POLLOUT)
+    else if ((dir & LIBNBD_AIO_DIRECTION_WRITE) &&
+             (pfd.revents & (POLLOUT | POLLHUP | POLLERR)))
       r = nbd_aio_notify_write (g->nbd);
+    else
+      r = 0;
     if (r == -1) {
       gonbd_capture (err);
       return -1;

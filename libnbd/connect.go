@@ -23,12 +23,12 @@ func (h *Handle) ConnectTCP(host, port string) error {
 	ch, cp := C.CString(host), C.CString(port)
 	defer C.free(unsafe.Pointer(ch))
 	defer C.free(unsafe.Pointer(cp))
-	return check("nbd_connect_tcp", func(e *C.struct_gonbd_err) C.int { return C.gonbd_connect_tcp(h.c, ch, cp, e) })
+	return h.check("nbd_connect_tcp", func(e *C.struct_gonbd_err) C.int { return C.gonbd_connect_tcp(h.c, ch, cp, e) })
 }
 
 // ConnectVsock connects over AF_VSOCK.
 func (h *Handle) ConnectVsock(cid, port uint32) error {
-	return check("nbd_connect_vsock", func(e *C.struct_gonbd_err) C.int {
+	return h.check("nbd_connect_vsock", func(e *C.struct_gonbd_err) C.int {
 		return C.gonbd_connect_vsock(h.c, C.uint32_t(cid), C.uint32_t(port), e)
 	})
 }
@@ -42,7 +42,7 @@ func (h *Handle) ConnectURI(uri string) error {
 
 // ConnectSocket talks NBD over an already-connected socket.
 func (h *Handle) ConnectSocket(fd int) error {
-	return check("nbd_connect_socket", func(e *C.struct_gonbd_err) C.int { return C.gonbd_connect_socket(h.c, C.int(fd), e) })
+	return h.check("nbd_connect_socket", func(e *C.struct_gonbd_err) C.int { return C.gonbd_connect_socket(h.c, C.int(fd), e) })
 }
 
 // ConnectSystemdSocketActivation runs argv as a server, handing it a
@@ -56,25 +56,25 @@ func (h *Handle) ConnectSystemdSocketActivation(argv []string) error {
 	arr := (**C.char)(C.malloc(C.size_t(len(cargv)) * C.size_t(unsafe.Sizeof(cargv[0]))))
 	defer C.free(unsafe.Pointer(arr))
 	copy(unsafe.Slice(arr, len(cargv)), cargv)
-	return check("nbd_connect_systemd_socket_activation", func(e *C.struct_gonbd_err) C.int {
+	return h.check("nbd_connect_systemd_socket_activation", func(e *C.struct_gonbd_err) C.int {
 		return C.gonbd_connect_systemd_socket_activation(h.c, arr, e)
 	})
 }
 
 // OptGo ends option negotiation and enters transmission.
 func (h *Handle) OptGo() error {
-	return check("nbd_opt_go", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_go(h.c, e) })
+	return h.check("nbd_opt_go", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_go(h.c, e) })
 }
 
 // OptInfo asks for the current export's details without entering
 // transmission.
 func (h *Handle) OptInfo() error {
-	return check("nbd_opt_info", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_info(h.c, e) })
+	return h.check("nbd_opt_info", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_info(h.c, e) })
 }
 
 // OptAbort ends option negotiation and the connection.
 func (h *Handle) OptAbort() error {
-	return check("nbd_opt_abort", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_abort(h.c, e) })
+	return h.check("nbd_opt_abort", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_abort(h.c, e) })
 }
 
 // Export is one export a server lists.
@@ -85,7 +85,7 @@ func (h *Handle) OptList() ([]Export, error) {
 	var list []Export
 	ref := cgo.NewHandle(&list)
 	defer ref.Delete()
-	err := check("nbd_opt_list", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_list(h.c, C.uintptr_t(ref), e) })
+	err := h.check("nbd_opt_list", func(e *C.struct_gonbd_err) C.int { return C.gonbd_opt_list(h.c, C.uintptr_t(ref), e) })
 	return list, err
 }
 
@@ -93,10 +93,4 @@ func (h *Handle) OptList() ([]Export, error) {
 func gonbdListed(ref C.uintptr_t, name, description *C.char) {
 	list := cgo.Handle(ref).Value().(*[]Export)
 	*list = append(*list, Export{C.GoString(name), C.GoString(description)})
-}
-
-// Shutdown asks the server to end the connection politely, once pending
-// commands are done.
-func (h *Handle) Shutdown() error {
-	return check("nbd_shutdown", func(e *C.struct_gonbd_err) C.int { return C.gonbd_shutdown(h.c, e) })
 }

@@ -8,9 +8,7 @@
 #ifndef GONBD_H
 #define GONBD_H
 
-#include <stdatomic.h>
 #include <stdint.h>
-#include <pthread.h>
 #include <libnbd.h>
 
 struct gonbd_err {
@@ -18,21 +16,10 @@ struct gonbd_err {
   int errnum;
 };
 
-/* A handle and the state that lets many threads wait on its commands at
- * once (commands.c).
- */
-struct gonbd_cmd;
+/* A handle, with what connecting with a deadline needs (connect.c). */
 struct gonbd {
   struct nbd_handle *nbd;
-  pthread_mutex_t lock;         /* protects leader and waiters */
-  int leader;                   /* a thread is polling the socket */
-  struct gonbd_cmd *waiters;    /* commands whose threads sleep */
-  int wake_fd;                  /* eventfd: wakes the leader's poll */
-  int sock_fd;                  /* the leader's copy of the socket; -1 */
-  pthread_mutex_t io_lock;      /* held to call libnbd's state machine */
-  struct gonbd_cmd *_Atomic to_issue; /* left for io_lock's holder */
-  int64_t timeout_ms;           /* per command and for connecting; 0: none */
-  _Atomic int timed_out;        /* a command timed out: connection killed */
+  int64_t timeout_ms;           /* for connecting; 0: none */
   int opt_done, opt_error;      /* gonbd_opt_go's completion */
 };
 
@@ -60,7 +47,6 @@ int gonbd_opt_go (struct gonbd *g, struct gonbd_err *err);
 int gonbd_opt_info (struct gonbd *g, struct gonbd_err *err);
 int gonbd_opt_abort (struct gonbd *g, struct gonbd_err *err);
 int gonbd_opt_list (struct gonbd *g, uintptr_t go_list, struct gonbd_err *err);
-int gonbd_shutdown (struct gonbd *g, struct gonbd_err *err);
 int64_t gonbd_get_size (struct gonbd *g, struct gonbd_err *err);
 int64_t gonbd_get_block_size (struct gonbd *g, int which, struct gonbd_err *err);
 int gonbd_get_flag (struct gonbd *g, int which, struct gonbd_err *err);
@@ -78,21 +64,9 @@ enum gonbd_flag {
   GONBD_CAN_MULTI_CONN, GONBD_CAN_CACHE,
 };
 
-/* commands.c: each issues one command and returns when it is done; any
- * number of threads may call them at once on one handle.
- */
-enum gonbd_op { GONBD_PREAD, GONBD_PWRITE, GONBD_ZERO, GONBD_TRIM,
-                GONBD_FLUSH, GONBD_CACHE };
-struct gonbd_err gonbd_command (struct gonbd *g, int op, void *buf,
-                                uint64_t count, uint64_t offset,
-                                uint32_t flags);
-int gonbd_block_status (struct gonbd *g, const char *context,
-                        uint64_t count, uint64_t offset, uint32_t flags,
-                        uint32_t **entries, size_t *nr_entries,
-                        struct gonbd_err *err);
-
 void gonbd_capture (struct gonbd_err *err);
 int64_t gonbd_now_ms (void);     /* CLOCK_MONOTONIC, for deadlines */
 int64_t gonbd_deadline (struct gonbd *g); /* now + timeout, or -1 */
+struct nbd_handle *gonbd_release (struct gonbd *g);
 
 #endif

@@ -4,8 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include <sys/eventfd.h>
+#include <time.h>
 
 #include "gonbd.h"
 #include "_cgo_export.h"
@@ -35,16 +34,6 @@ gonbd_create (struct gonbd_err *err)
     free (g);
     return NULL;
   }
-  g->wake_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (g->wake_fd == -1) {
-    err->errnum = errno;
-    nbd_close (g->nbd);
-    free (g);
-    return NULL;
-  }
-  g->sock_fd = -1;
-  pthread_mutex_init (&g->lock, NULL);
-  pthread_mutex_init (&g->io_lock, NULL);
   return g;
 }
 
@@ -52,12 +41,33 @@ void
 gonbd_close (struct gonbd *g)
 {
   nbd_close (g->nbd);
-  close (g->wake_fd);
-  if (g->sock_fd >= 0)
-    close (g->sock_fd);
-  pthread_mutex_destroy (&g->lock);
-  pthread_mutex_destroy (&g->io_lock);
   free (g);
+}
+
+/* Hand the libnbd handle over to its new owner and free the rest. */
+struct nbd_handle *
+gonbd_release (struct gonbd *g)
+{
+  struct nbd_handle *nbd = g->nbd;
+
+  free (g);
+  return nbd;
+}
+
+int64_t
+gonbd_now_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The deadline of something starting now under g's timeout, or -1. */
+int64_t
+gonbd_deadline (struct gonbd *g)
+{
+  return g->timeout_ms > 0 ? gonbd_now_ms () + g->timeout_ms : -1;
 }
 
 /* One wrapper per call that returns -1 on error. */
@@ -94,15 +104,6 @@ WRAP (opt_info, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
 WRAP (opt_abort, (struct gonbd *g, struct gonbd_err *err), (g->nbd))
 WRAP (can_meta_context, (struct gonbd *g, const char *name, struct gonbd_err *err),
       (g->nbd, name))
-
-int
-gonbd_shutdown (struct gonbd *g, struct gonbd_err *err)
-{
-  int r = nbd_shutdown (g->nbd, 0);
-  if (r == -1)
-    gonbd_capture (err);
-  return r;
-}
 
 int64_t
 gonbd_get_size (struct gonbd *g, struct gonbd_err *err)

@@ -1,11 +1,10 @@
 // Package libnbd is a Go binding of libnbd, the NBD client library.
 //
-// A Handle is one connection to an NBD server.  Configure it, connect it,
-// then run commands.  Unlike libnbd's own synchronous calls, which run
-// one at a time per handle, the command methods (Pread, Pwrite, ...) may
-// be called from any number of goroutines or threads at once: each is
-// sent at once and they wait for their replies together (see
-// commands.c).
+// A Handle is one connection to an NBD server: configure it, connect it
+// (with a deadline: see SetConnectTimeout), read what the server offers,
+// and hand it to C code that runs commands on it (Release).  Every
+// method of a closed or released Handle returns ErrClosed (or a zero
+// value); libnbd's error is read in the same C call that failed.
 package libnbd
 
 /*
@@ -82,8 +81,11 @@ func (h *Handle) Close() {
 	}
 }
 
-// check runs a wrapper that returns -1 on error.
-func check(op string, f func(e *C.struct_gonbd_err) C.int) error {
+// check runs a wrapper that returns -1 on error, on an open handle.
+func (h *Handle) check(op string, f func(e *C.struct_gonbd_err) C.int) error {
+	if h.c == nil {
+		return ErrClosed
+	}
 	var e C.struct_gonbd_err
 	if f(&e) == -1 {
 		return toError(op, &e)
@@ -101,7 +103,7 @@ func cbool(b bool) C.int {
 func (h *Handle) setString(op string, s string, f func(*C.struct_gonbd, *C.char, *C.struct_gonbd_err) C.int) error {
 	cs := C.CString(s)
 	defer C.free(unsafe.Pointer(cs))
-	return check(op, func(e *C.struct_gonbd_err) C.int { return f(h.c, cs, e) })
+	return h.check(op, func(e *C.struct_gonbd_err) C.int { return f(h.c, cs, e) })
 }
 
 // SetExportName sets the export to ask the server for.
@@ -120,24 +122,24 @@ func (h *Handle) AddMetaContext(name string) error {
 
 // SetFullInfo asks the server for the export's name and description.
 func (h *Handle) SetFullInfo(b bool) error {
-	return check("nbd_set_full_info", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_full_info(h.c, cbool(b), e) })
+	return h.check("nbd_set_full_info", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_full_info(h.c, cbool(b), e) })
 }
 
 // SetPreadInitialize sets whether read buffers are zeroed first.
 func (h *Handle) SetPreadInitialize(b bool) error {
-	return check("nbd_set_pread_initialize", func(e *C.struct_gonbd_err) C.int {
+	return h.check("nbd_set_pread_initialize", func(e *C.struct_gonbd_err) C.int {
 		return C.gonbd_set_pread_initialize(h.c, cbool(b), e)
 	})
 }
 
 // SetOptMode makes Connect* stop in option negotiation (see OptGo).
 func (h *Handle) SetOptMode(b bool) error {
-	return check("nbd_set_opt_mode", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_opt_mode(h.c, cbool(b), e) })
+	return h.check("nbd_set_opt_mode", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_opt_mode(h.c, cbool(b), e) })
 }
 
 // SetTLS sets whether to use TLS.
 func (h *Handle) SetTLS(mode TLSMode) error {
-	return check("nbd_set_tls", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_tls(h.c, C.int(mode), e) })
+	return h.check("nbd_set_tls", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_tls(h.c, C.int(mode), e) })
 }
 
 // SetTLSCertificates sets the directory of X.509 certificates.
@@ -149,7 +151,7 @@ func (h *Handle) SetTLSCertificates(dir string) error {
 
 // SetTLSVerifyPeer sets whether to verify the server's certificate.
 func (h *Handle) SetTLSVerifyPeer(b bool) error {
-	return check("nbd_set_tls_verify_peer", func(e *C.struct_gonbd_err) C.int {
+	return h.check("nbd_set_tls_verify_peer", func(e *C.struct_gonbd_err) C.int {
 		return C.gonbd_set_tls_verify_peer(h.c, cbool(b), e)
 	})
 }
@@ -171,6 +173,9 @@ func (h *Handle) SetTLSPSKFile(file string) error {
 // SetDebug turns libnbd's debug messages on or off; with f non-nil they
 // go to f instead of stderr.  f may be called on any thread.
 func (h *Handle) SetDebug(on bool, f func(context, msg string)) error {
+	if h.c == nil {
+		return ErrClosed
+	}
 	var cb C.uintptr_t
 	if on && f != nil {
 		if h.debug != 0 {
@@ -179,7 +184,7 @@ func (h *Handle) SetDebug(on bool, f func(context, msg string)) error {
 		h.debug = cgo.NewHandle(f)
 		cb = C.uintptr_t(h.debug)
 	}
-	return check("nbd_set_debug", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_debug(h.c, cbool(on), cb, e) })
+	return h.check("nbd_set_debug", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_debug(h.c, cbool(on), cb, e) })
 }
 
 //export gonbdDebug
@@ -187,32 +192,46 @@ func gonbdDebug(f C.uintptr_t, context, msg *C.char) {
 	cgo.Handle(f).Value().(func(string, string))(C.GoString(context), C.GoString(msg))
 }
 
-// SetTimeout bounds connecting (Connect*, OptGo) and every command: one
-// the server has not answered in d fails with ETIMEDOUT, and since NBD
-// cannot cancel a request, the connection is closed (see commands.c).
-// Zero means no limit.  Set it before connecting.
-func (h *Handle) SetTimeout(d time.Duration) {
+// SetConnectTimeout bounds connecting (Connect*, OptGo): a server that
+// has not finished the handshake in d fails it with ETIMEDOUT.  Zero
+// means no limit.
+func (h *Handle) SetConnectTimeout(d time.Duration) {
 	ms := d.Milliseconds()
 	if d > 0 && ms == 0 {
 		ms = 1
 	}
-	h.c.timeout_ms = C.int64_t(ms)
+	if h.c != nil {
+		h.c.timeout_ms = C.int64_t(ms)
+	}
 }
 
-// Dead reports whether the connection has failed or been closed: after
-// an error, it tells a failed connection from a server's error reply.
-func (h *Handle) Dead() bool { return C.gonbd_is_dead(h.c) == 1 }
+// Release hands the connected libnbd handle (a *struct nbd_handle) to C
+// code, which closes it with nbd_close; h is closed from then on.
+func (h *Handle) Release() unsafe.Pointer {
+	if h.c == nil {
+		return nil
+	}
+	nbd := C.gonbd_release(h.c)
+	h.c = nil
+	return unsafe.Pointer(nbd)
+}
 
-// CHandle is the handle for C code built against gonbd.h, which may
-// call gonbd_command on it from any thread, as the command methods do.
-// It is valid until Close.
-func (h *Handle) CHandle() unsafe.Pointer { return unsafe.Pointer(h.c) }
+// CloseReleased closes a libnbd handle that Release gave, for a caller
+// that could not use it.
+func CloseReleased(nbd unsafe.Pointer) {
+	C.nbd_close((*C.struct_nbd_handle)(nbd))
+}
 
 // SupportsTLS reports whether libnbd was built with TLS.
-func (h *Handle) SupportsTLS() bool { return C.gonbd_supports_tls(h.c) == 1 }
+func (h *Handle) SupportsTLS() bool { return h.c != nil && C.gonbd_supports_tls(h.c) == 1 }
 
 // SupportsURI reports whether libnbd was built with URI support.
-func (h *Handle) SupportsURI() bool { return C.gonbd_supports_uri(h.c) == 1 }
+func (h *Handle) SupportsURI() bool { return h.c != nil && C.gonbd_supports_uri(h.c) == 1 }
 
 // Version is libnbd's version.
-func (h *Handle) Version() string { return C.GoString(C.nbd_get_version(h.c.nbd)) }
+func (h *Handle) Version() string {
+	if h.c == nil {
+		return ""
+	}
+	return C.GoString(C.nbd_get_version(h.c.nbd))
+}

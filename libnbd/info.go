@@ -10,6 +10,9 @@ import "unsafe"
 
 // GetSize is the export's size in bytes.
 func (h *Handle) GetSize() (int64, error) {
+	if h.c == nil {
+		return 0, ErrClosed
+	}
 	var e C.struct_gonbd_err
 	r := C.gonbd_get_size(h.c, &e)
 	if r == -1 {
@@ -21,6 +24,9 @@ func (h *Handle) GetSize() (int64, error) {
 // GetBlockSize is one of the server's block sizes (SizeMinimum, ...), or
 // 0 if the server gave none.
 func (h *Handle) GetBlockSize(which int) (int64, error) {
+	if h.c == nil {
+		return 0, ErrClosed
+	}
 	var e C.struct_gonbd_err
 	r := C.gonbd_get_block_size(h.c, C.int(which), &e)
 	if r == -1 {
@@ -30,6 +36,9 @@ func (h *Handle) GetBlockSize(which int) (int64, error) {
 }
 
 func (h *Handle) flag(op string, which C.int) (bool, error) {
+	if h.c == nil {
+		return false, ErrClosed
+	}
 	var e C.struct_gonbd_err
 	r := C.gonbd_get_flag(h.c, which, &e)
 	if r == -1 {
@@ -77,6 +86,9 @@ func (h *Handle) CanCache() (bool, error) { return h.flag("nbd_can_cache", C.GON
 
 // CanMetaContext reports whether a meta context was negotiated.
 func (h *Handle) CanMetaContext(name string) (bool, error) {
+	if h.c == nil {
+		return false, ErrClosed
+	}
 	cs := C.CString(name)
 	defer C.free(unsafe.Pointer(cs))
 	var e C.struct_gonbd_err
@@ -88,6 +100,9 @@ func (h *Handle) CanMetaContext(name string) (bool, error) {
 }
 
 func (h *Handle) str(op string, f func(*C.struct_gonbd_err) *C.char) (string, error) {
+	if h.c == nil {
+		return "", ErrClosed
+	}
 	var e C.struct_gonbd_err
 	r := f(&e)
 	if r == nil {

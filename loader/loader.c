@@ -460,7 +460,7 @@ direct_result (int r, const char *op, char *msg)
 }
 
 /* Serve a data request on the connection's direct path, unless it has
- * none or passes (-1); then in Go.
+ * none or passes (-1); then in Go, if the Go plugin has that callback.
  */
 #define SERVE(name, direct_args, go_args)                       \
   do {                                                          \
@@ -472,7 +472,10 @@ direct_result (int r, const char *op, char *msg)
         return direct_result (r, #name, msg);                   \
       free (msg);                                               \
     }                                                           \
-    return go->name go_args;                                    \
+    if (NBDKITGO_GO_##name)                                     \
+      return go->name go_args;                                  \
+    return direct_result (EIO, #name,                           \
+                          strdup (#name ": no data path"));     \
   } while (0)
 
 static const char *loader_export_description (void *h) { return go->export_description (H); }

@@ -66,19 +66,33 @@ func WriteLoaderHeader(w io.Writer) error {
 		fmt.Fprintf(b, " X(%s)", cQuote(lib))
 	}
 	fmt.Fprintf(b, "\n")
+	direct := map[string]bool{}
+	for _, op := range v.FieldByName("DirectOps").Interface().([]string) {
+		direct[op] = true
+	}
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		name, ok := callbackNames[t.Field(i).Name]
 		if !ok {
 			continue
 		}
-		has := 0
-		if !v.Field(i).IsNil() {
-			has = 1
-		}
-		fmt.Fprintf(b, "#define NBDKITGO_HAS_%s %d\n", name, has)
+		// HAS: nbdkit is told of it; GO: the Go callback exists.
+		inGo := !v.Field(i).IsNil()
+		fmt.Fprintf(b, "#define NBDKITGO_HAS_%s %d\n", name, bit(inGo || direct[name]))
+		fmt.Fprintf(b, "#define NBDKITGO_GO_%s %d\n", name, bit(inGo))
+		delete(direct, name)
+	}
+	for op := range direct {
+		return fmt.Errorf("DirectOps: %q is not a data callback", op)
 	}
 	return b.Flush()
+}
+
+func bit(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // cQuote writes s as a C string literal, escaping everything that is not

@@ -131,11 +131,16 @@ type Plugin[H any] struct {
 
 	// Direct, if set, is asked once per connection, after Open, for a
 	// C struct nbdkitgo_direct (abi.h) that stays valid until Close, or
-	// nil.  Its functions then serve data requests without entering Go,
-	// falling back to the callbacks above when they return -1: entering
-	// the Go runtime on every request costs scheduler work (P hand-offs,
-	// futex wake-ups, sysmon) that a fast proxy cannot afford.
+	// nil.  Its functions then serve data requests without entering Go
+	// (entering the Go runtime on every request costs scheduler work: P
+	// hand-offs, futex wake-ups, sysmon), falling back to the callbacks
+	// above when they return -1.
 	Direct func(h H) unsafe.Pointer
+	// DirectOps names the data callbacks ("pread", "pwrite", "flush",
+	// "trim", "zero", "extents", "cache") that Direct serves for every
+	// connection, so that nbdkit is told of them although their Go
+	// callbacks above are nil.
+	DirectOps []string
 }
 
 var (

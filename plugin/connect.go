@@ -8,31 +8,67 @@ import (
 	"nbdkit-nbd-go-plugin/nbdkit"
 )
 
-// dialUpstream connects to the server, asking for export, retrying as
-// retry= says.  With optMode the handle stays in option negotiation
-// (for listing exports and asking for names).
-func dialUpstream(export string, optMode bool) (*libnbd.Handle, error) {
+// dial connects to the server, asking for export.  A failed attempt is
+// tried again: retries more times, one second apart (retry=), and until
+// deadline if it is not zero (reconnect-delay), sooner at first.
+// accept, if not nil, may refuse a connection (which counts as a failed
+// attempt).  With optMode the handle stays in option negotiation (for
+// listing exports and asking for names).
+func dial(export string, optMode bool, retries uint, deadline time.Time, accept func(*libnbd.Handle) error) (*libnbd.Handle, error) {
+	pause := 50 * time.Millisecond
 	for attempt := uint(0); ; attempt++ {
-		h, err := connectOnce(export, optMode, cfg.timeout)
+		h, err := connectOnce(export, optMode, connectTimeout(deadline))
+		if err == nil && accept != nil {
+			if err = accept(h); err != nil {
+				h.Close()
+				nbdkit.Errorf("refusing the new server connection: %v", err)
+			}
+		}
 		if err == nil {
 			return h, nil
 		}
-		if attempt >= cfg.retry {
+		switch {
+		case attempt < retries:
+			nbdkit.Debugf("connecting to the server failed, retrying in 1 s: %v", err)
+			time.Sleep(time.Second)
+		case !deadline.IsZero() && time.Until(deadline) > 0:
+			nbdkit.Debugf("connecting to the server failed, trying again: %v", err)
+			if left := time.Until(deadline); left < pause {
+				pause = left
+			}
+			time.Sleep(pause)
+			if pause *= 2; pause > time.Second {
+				pause = time.Second
+			}
+		default:
 			return nil, err
 		}
-		nbdkit.Debugf("connecting to the server failed, retrying in 1 s: %v", err)
-		time.Sleep(time.Second)
 	}
 }
 
-// connectOnce makes one attempt; connecting and each later command are
-// bounded by timeout (0: none).
+// connectTimeout bounds one connection attempt: by timeout= if set, and
+// by deadline if it is not zero.
+func connectTimeout(deadline time.Time) time.Duration {
+	if deadline.IsZero() {
+		return cfg.timeout
+	}
+	left := time.Until(deadline)
+	if left < time.Millisecond {
+		left = time.Millisecond
+	}
+	if cfg.timeout > 0 && cfg.timeout < left {
+		return cfg.timeout
+	}
+	return left
+}
+
+// connectOnce makes one attempt, bounded by timeout (0: none).
 func connectOnce(export string, optMode bool, timeout time.Duration) (*libnbd.Handle, error) {
 	h, err := libnbd.Create()
 	if err != nil {
 		return nil, err
 	}
-	h.SetTimeout(timeout)
+	h.SetConnectTimeout(timeout)
 	if err := setUp(h, export, optMode); err != nil {
 		h.Close()
 		return nil, err

@@ -1,25 +1,32 @@
-/* The plugin's direct data path (see struct nbdkitgo_direct in
- * nbdkit/abi.h): nbdkit's data requests go from the loader straight to
- * the libnbd binding's command engine, without entering Go.  Anything
- * unusual (a failed connection to reconnect, a timeout) is passed back
- * to the Go callbacks.
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * The plugin's data path (direct.c): the struct nbdkitgo_direct that the
+ * loader calls for every data request of a connection, over the current
+ * server connection (an engine), which Go may replace.
  */
 #ifndef PLUGIN_DIRECT_H
 #define PLUGIN_DIRECT_H
 
-#include <stdatomic.h>
+#include <stdint.h>
 
 #include "abi.h"
-#include "gonbd.h"
+#include "engine.h"
 
-struct direct_path {
-  struct nbdkitgo_direct ops;    /* ops.ctx points back here */
-  _Atomic (struct gonbd *) g;   /* the current server connection */
-  int reconnect;                /* Go handles failed connections */
-};
+struct path;
 
-struct direct_path *direct_new (struct gonbd *g, int reconnect);
-void direct_set (struct direct_path *d, struct gonbd *g);
-void direct_free (struct direct_path *d);
+/* A path over e (which it owns from now on).  reconnect_ms: see
+ * reconnect-delay (0: off); timeout_ms bounds closing connections;
+ * go_ref is handed to nbdgoRedial.
+ */
+struct path *path_new (struct engine *e, int64_t reconnect_ms,
+                       int64_t timeout_ms, uintptr_t go_ref);
+const struct nbdkitgo_direct *path_ops (struct path *p);
+int path_is_dead (struct path *p);
+/* A redial succeeded: e replaces the current connection. */
+void path_install (struct path *p, struct engine *e);
+/* A redial gave up (its deadline passed). */
+void path_redial_failed (struct path *p);
+/* Close the connection and free p; no request may be running. */
+void path_free (struct path *p);
 
 #endif

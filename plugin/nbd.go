@@ -3,14 +3,16 @@
 // nbdkit's C nbd plugin.
 //
 // One file per concern: config.go takes the parameters, connect.go
-// connects to the server, and this file holds the callbacks, each
-// passing its request through to the server connection.
+// connects to the server, upstream.go holds a server connection, and
+// this file the callbacks.  Data requests do not come here: the loader
+// hands them to the C data path (direct.c), which sends them through
+// the command engine (engine.c).
 package plugin
 
 import (
 	"fmt"
 	"os"
-	"syscall"
+	"time"
 	"unsafe"
 
 	"nbdkit-nbd-go-plugin/libnbd"
@@ -39,7 +41,11 @@ var Plugin = &nbdkit.Plugin[*conn]{
 	Description:    "Forward to another NBD server",
 	ConfigHelp:     configHelp,
 	MagicConfigKey: "uri",
-	DebugFlags:     []string{"verbose", "godata"},
+	DebugFlags:     []string{"verbose"},
+	// libnbd pulls in libxml2, ICU, GnuTLS...: a good part of the
+	// start-up time over the C nbd plugin's, which loads it once.  It
+	// starts no threads, so it survives nbdkit's fork.
+	Preload: []string{"libnbd.so.0"},
 
 	Unload:         unload,
 	DumpPlugin:     dumpPlugin,
@@ -64,25 +70,12 @@ var Plugin = &nbdkit.Plugin[*conn]{
 	CanExtents:        canExtents,
 	CanFUA:            canFUA,
 	CanCache:          canCache,
-	PRead:             pread,
-	PWrite:            pwrite,
-	Flush:             flush,
-	Trim:              trim,
-	Zero:              zero,
-	Extents:           extents,
-	Cache:             cache,
 	Direct:            direct,
+	DirectOps:         []string{"pread", "pwrite", "flush", "trim", "zero", "extents", "cache"},
 }
 
-// direct gives the loader the connection's C data path, so that data
-// requests do not enter Go (see direct.c); -D nbd-go.godata=1 turns it
-// off, for tests of the Go callbacks and for comparison.
-func direct(c *conn) unsafe.Pointer {
-	if c.up.direct == nil || nbdkit.DebugFlag("godata") != 0 {
-		return nil
-	}
-	return c.up.direct.ops()
-}
+// direct gives the loader the connection's data path (direct.c).
+func direct(c *conn) unsafe.Pointer { return c.up.ops() }
 
 func dumpPlugin() {
 	h, err := libnbd.Create()
@@ -120,7 +113,7 @@ func listExports(readonly, isTLS bool, e *nbdkit.Exports) error {
 	if !cfg.dynamicExport {
 		return e.UseDefault()
 	}
-	h, err := dialUpstream("", true)
+	h, err := dial("", true, cfg.retry, time.Time{}, nil)
 	if err != nil {
 		return err
 	}
@@ -144,7 +137,7 @@ func defaultExport(readonly, isTLS bool) (string, error) {
 	if !cfg.dynamicExport {
 		return cfg.export, nil
 	}
-	h, err := dialUpstream("", true)
+	h, err := dial("", true, cfg.retry, time.Time{}, nil)
 	if err != nil {
 		return "", nil
 	}
@@ -214,70 +207,4 @@ func canCache(c *conn) (nbdkit.CacheMode, error) {
 		return nbdkit.CacheNative, nil
 	}
 	return nbdkit.CacheNone, nil
-}
-
-// fua passes nbdkit's FUA flag on.
-func fua(flags nbdkit.Flags) libnbd.CmdFlag {
-	if flags&nbdkit.FlagFUA != 0 {
-		return libnbd.CmdFlagFUA
-	}
-	return 0
-}
-
-func pread(c *conn, buf []byte, offset uint64, flags nbdkit.Flags) error {
-	return c.up.do(func(h *libnbd.Handle) error { return h.Pread(buf, offset, 0) })
-}
-
-func pwrite(c *conn, buf []byte, offset uint64, flags nbdkit.Flags) error {
-	return c.up.do(func(h *libnbd.Handle) error { return h.Pwrite(buf, offset, fua(flags)) })
-}
-
-func flush(c *conn, flags nbdkit.Flags) error {
-	return c.up.do(func(h *libnbd.Handle) error { return h.Flush(0) })
-}
-
-func trim(c *conn, count uint32, offset uint64, flags nbdkit.Flags) error {
-	return c.up.do(func(h *libnbd.Handle) error { return h.Trim(uint64(count), offset, fua(flags)) })
-}
-
-// zero: without MAY_TRIM from nbdkit the server must not punch a hole.
-func zero(c *conn, count uint32, offset uint64, flags nbdkit.Flags) error {
-	f := fua(flags)
-	if flags&nbdkit.FlagMayTrim == 0 {
-		f |= libnbd.CmdFlagNoHole
-	}
-	if flags&nbdkit.FlagFastZero != 0 {
-		f |= libnbd.CmdFlagFastZero
-	}
-	return c.up.do(func(h *libnbd.Handle) error { return h.Zero(uint64(count), offset, f) })
-}
-
-// extents: nbdkit's extent flags are NBD's base:allocation flags.
-func extents(c *conn, count uint32, offset uint64, flags nbdkit.Flags, e *nbdkit.Extents) error {
-	var f libnbd.CmdFlag
-	if flags&nbdkit.FlagReqOne != 0 {
-		f = libnbd.CmdFlagReqOne
-	}
-	var list []libnbd.Extent
-	err := c.up.do(func(h *libnbd.Handle) (err error) {
-		list, err = h.BlockStatus(libnbd.ContextBaseAllocation, uint64(count), offset, f)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if len(list) == 0 {
-		return &libnbd.Error{Op: "block_status", Msg: "the server sent no extents", Errno: syscall.EIO}
-	}
-	for _, x := range list {
-		if err := e.Add(offset, uint64(x.Length), x.Flags); err != nil {
-			return err
-		}
-		offset += uint64(x.Length)
-	}
-	return nil
-}
-
-func cache(c *conn, count uint32, offset uint64, flags nbdkit.Flags) error {
-	return c.up.do(func(h *libnbd.Handle) error { return h.Cache(uint64(count), offset, 0) })
 }

@@ -1,42 +1,49 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package plugin
+
+// An upstream is a server connection as nbdkit's connections see it: the
+// C data path (direct.c) over the current connection, and what the first
+// connection said about the disk.  With reconnect-delay, the data path
+// asks Go for a new connection when the current one fails
+// (nbdgoRedial); Go dials it here and hands it over (path_install).
+
+/*
+#cgo CFLAGS: -O2 -Wall -I${SRCDIR}/../nbdkit
+#cgo pkg-config: libnbd
+#include <stdlib.h>
+#include "direct.h"
+*/
+import "C"
 
 import (
 	"errors"
 	"fmt"
+	"runtime/cgo"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"nbdkit-nbd-go-plugin/libnbd"
 	"nbdkit-nbd-go-plugin/nbdkit"
 )
 
-// upstream is a server connection as the callbacks see it.  Without
-// reconnect-delay it is one libnbd handle for its whole life, as in the
-// C plugin.  With reconnect-delay, a connection that fails (EOF, reset,
-// protocol error, timeout) is replaced in the background, and requests
-// wait for the new one and are sent on it again.
 type upstream struct {
 	export string
-	h      atomic.Pointer[libnbd.Handle]
 	// facts is what nbdkit told clients about the disk; a new connection
 	// must show the same, or it is not used.
 	facts serverFacts
+	path  *C.struct_path // C memory: nbdkit's threads use it without Go
+	ref   cgo.Handle     // this upstream, for nbdgoRedial
 
-	// direct serves data requests without entering Go (direct.c).
-	direct *directPath
-
-	mu        sync.Mutex
-	closed    bool // a redial still running must not install a handle
-	redialing bool
-	changed   chan struct{}    // closed when a redial ends
-	retired   []*libnbd.Handle // failed handles, closed with the upstream
+	mu     sync.Mutex // protects closed and path against a late redial
+	closed bool
 }
 
 // newUpstream connects to the server and reads what it offers.
 func newUpstream(export string) (*upstream, error) {
-	h, err := dialUpstream(export, false)
+	h, err := dial(export, false, cfg.retry, openDeadline(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -45,144 +52,89 @@ func newUpstream(export string) (*upstream, error) {
 		h.Close()
 		return nil, err
 	}
-	u := &upstream{export: export, facts: facts, changed: make(chan struct{})}
-	u.h.Store(h)
-	u.direct = newDirectPath(h, cfg.reconnectDelay > 0)
+	e, err := newEngine(h)
+	if err != nil {
+		return nil, err
+	}
+	u := &upstream{export: export, facts: facts}
+	u.ref = cgo.NewHandle(u)
+	u.path = C.path_new(e, C.int64_t(cfg.reconnectDelay.Milliseconds()),
+		C.int64_t(cfg.timeout.Milliseconds()), C.uintptr_t(u.ref))
+	if u.path == nil {
+		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
+		u.ref.Delete()
+		return nil, syscall.ENOMEM
+	}
 	return u, nil
 }
 
-// close ends the server connection politely and frees every handle.
+// openDeadline: with reconnect-delay, a client that connects while the
+// server is away waits for it as long as a request would.
+func openDeadline() time.Time {
+	if cfg.reconnectDelay == 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(cfg.reconnectDelay)
+}
+
+// newEngine hands a connected handle to a command engine (engine.h),
+// which owns it from then on.
+func newEngine(h *libnbd.Handle) (*C.struct_engine, error) {
+	released := h.Release()
+	nbd := (*C.struct_nbd_handle)(released)
+	// A connection ended for a timeout is given reconnect-delay to let
+	// go of its requests (see "Ending a connection" in engine.h).
+	e, err := C.engine_new(nbd, C.int64_t(cfg.timeout.Milliseconds()),
+		C.int64_t(cfg.reconnectDelay.Milliseconds()))
+	if e == nil {
+		libnbd.CloseReleased(released)
+		return nil, fmt.Errorf("starting the command engine: %w", err)
+	}
+	return e, nil
+}
+
+// ops is the struct nbdkitgo_direct for the loader.
+func (u *upstream) ops() unsafe.Pointer { return unsafe.Pointer(C.path_ops(u.path)) }
+
+// close ends the server connection politely (within timeout=, if set)
+// and frees everything.  No request is running: nbdkit closes a
+// connection only after its last request.
 func (u *upstream) close() {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	u.closed = true
-	h := u.h.Load()
-	h.Shutdown()
-	h.Close()
-	for _, r := range u.retired {
-		r.Close()
-	}
-	u.retired = nil
-	if u.direct != nil {
-		u.direct.free()
-		u.direct = nil
-	}
+	C.path_free(u.path)
+	u.path = nil
+	u.mu.Unlock()
+	u.ref.Delete()
 }
 
-// do runs op on the current connection.  With reconnect-delay, if the
-// connection failed under op, it waits for a new connection and runs op
-// again: NBD commands may be repeated, since one whose reply was never
-// seen may or may not have happened anyway.
-func (u *upstream) do(op func(h *libnbd.Handle) error) error {
-	h := u.h.Load()
-	err := op(h)
-	if err == nil {
-		return nil
-	}
-	if cfg.reconnectDelay == 0 || !h.Dead() {
-		return wireError(err)
-	}
-	deadline := time.Now().Add(cfg.reconnectDelay)
-	for {
-		nbdkit.Debugf("server connection failed (%v): waiting for a new one", err)
-		if h, err = u.replacement(h, deadline); err != nil {
-			return err
-		}
-		if err = op(h); err == nil || !h.Dead() {
-			return wireError(err)
-		}
-	}
-}
-
-// wireError gives a timeout the errno EIO: NBD has no error code for
-// ETIMEDOUT, and nbdkit would send EINVAL, which blames the client.
-func wireError(err error) error {
-	if errors.Is(err, syscall.ETIMEDOUT) {
-		return &libnbd.Error{Op: "timeout", Msg: err.Error(), Errno: syscall.EIO}
-	}
-	return err
-}
-
-// replacement waits, until deadline, for a connection other than old,
-// starting a redial if none is under way.
-func (u *upstream) replacement(old *libnbd.Handle, deadline time.Time) (*libnbd.Handle, error) {
-	for {
-		u.mu.Lock()
-		if h := u.h.Load(); h != old {
-			u.mu.Unlock()
-			return h, nil
-		}
-		if time.Now().After(deadline) {
-			u.mu.Unlock()
-			return nil, &libnbd.Error{Op: "reconnect", Errno: syscall.EIO,
-				Msg: fmt.Sprintf("no working server connection within reconnect-delay=%v", cfg.reconnectDelay.Seconds())}
-		}
-		if !u.redialing {
-			u.redialing = true
-			go u.redial(old, deadline)
-		}
-		changed := u.changed
-		u.mu.Unlock()
-		timer := time.NewTimer(time.Until(deadline))
-		select {
-		case <-changed:
-		case <-timer.C:
-		}
-		timer.Stop()
-	}
+//export nbdgoRedial
+func nbdgoRedial(ref C.uintptr_t, deadlineMs C.int64_t) {
+	u := cgo.Handle(ref).Value().(*upstream)
+	left := time.Duration(int64(deadlineMs)-int64(C.engine_now_ms())) * time.Millisecond
+	go u.redial(time.Now().Add(left))
 }
 
 // redial connects again and again until a connection to the same disk
-// works or deadline passes, then wakes the waiting requests.
-func (u *upstream) redial(old *libnbd.Handle, deadline time.Time) {
-	var h *libnbd.Handle
-	pause := 50 * time.Millisecond
-	for time.Now().Before(deadline) {
-		nh, err := connectOnce(u.export, false, connectTimeout(deadline))
-		if err == nil {
-			if err = u.facts.match(nh); err == nil {
-				nh.SetTimeout(cfg.timeout) // connecting had its own bound
-				h = nh
-				break
-			}
-			nh.Close()
-			nbdkit.Errorf("refusing the new server connection: %v", err)
-		} else {
-			nbdkit.Debugf("reconnecting: %v", err)
-		}
-		if left := time.Until(deadline); left < pause {
-			pause = left
-		}
-		time.Sleep(pause)
-		if pause *= 2; pause > time.Second {
-			pause = time.Second
-		}
+// works or deadline passes, then hands it to the data path.
+func (u *upstream) redial(deadline time.Time) {
+	h, err := dial(u.export, false, 0, deadline, u.facts.match)
+	var e *C.struct_engine
+	if err == nil {
+		e, err = newEngine(h)
 	}
 	u.mu.Lock()
-	if h != nil && u.closed {
-		h.Close()
-	} else if h != nil {
-		u.retired = append(u.retired, old)
-		u.h.Store(h)
-		if u.direct != nil {
-			u.direct.set(h)
-		}
+	defer u.mu.Unlock()
+	switch {
+	case u.closed:
+		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
+	case err != nil:
+		nbdkit.Debugf("reconnecting: %v", err)
+		C.path_redial_failed(u.path)
+	default:
 		nbdkit.Debugf("reconnected to the server")
+		C.path_install(u.path, e)
 	}
-	u.redialing = false
-	close(u.changed)
-	u.changed = make(chan struct{})
-	u.mu.Unlock()
-}
-
-// connectTimeout bounds one connection attempt: by timeout= if set, and
-// always by the deadline of the requests waiting for it.
-func connectTimeout(deadline time.Time) time.Duration {
-	left := time.Until(deadline)
-	if cfg.timeout > 0 && cfg.timeout < left {
-		return cfg.timeout
-	}
-	return left
 }
 
 // serverFacts is what a connection tells nbdkit about the disk.
@@ -231,6 +183,9 @@ func readFacts(h *libnbd.Handle) (serverFacts, error) {
 	return f, err
 }
 
+// errOtherDisk: a new connection shows another disk.
+var errOtherDisk = errors.New("the server's disk changed")
+
 // match checks that h serves the disk f describes.
 func (f serverFacts) match(h *libnbd.Handle) error {
 	g, err := readFacts(h)
@@ -239,7 +194,7 @@ func (f serverFacts) match(h *libnbd.Handle) error {
 	}
 	g.description = f.description // may change harmlessly
 	if g != f {
-		return fmt.Errorf("the server's disk changed: was %+v, now %+v", f, g)
+		return fmt.Errorf("%w: was %+v, now %+v", errOtherDisk, f, g)
 	}
 	return nil
 }

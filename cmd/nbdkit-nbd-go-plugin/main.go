@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 // The Go library of nbdkit-nbd-go-plugin.
 //
 // Built with -buildmode=c-shared it is the library the loader carries
@@ -14,10 +16,6 @@ import (
 )
 
 func init() {
-	// libnbd pulls in libxml2, ICU, GnuTLS...: a good part of the
-	// start-up time over the C nbd plugin's, which loads it once.  It
-	// starts no threads, so it survives nbdkit's fork.
-	plugin.Plugin.Preload = []string{"libnbd.so.0"}
 	nbdkit.Register(plugin.Plugin)
 }
 
