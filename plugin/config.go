@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"nbdkit-nbd-go-plugin/libnbd"
@@ -96,14 +97,21 @@ func configKey(key, value string) error {
 	case "uri":
 		cfg.uri = value
 	case "command":
+		if cfg.command != "" {
+			err = fmt.Errorf("command=%s: command= given twice (the first was %s)", value, cfg.command)
+		}
 		cfg.command = value
 	case "arg":
+		if cfg.command == "" {
+			err = fmt.Errorf("arg=%s: arg= must follow command=", value)
+		}
 		cfg.args = append(cfg.args, value)
 	case "socket-fd":
 		var fd uint64
 		if fd, err = parseUint(key, value, 31); err == nil {
 			n := int(fd)
 			cfg.socketFD = &n
+			err = checkSocketFD(n)
 		}
 	case "export":
 		cfg.export, cfg.exportGiven = value, true
@@ -163,13 +171,33 @@ func parseUint(key, value string, bits int) (uint64, error) {
 }
 
 // parseSeconds parses a non-negative number of seconds, such as 10 or
-// 0.5.
+// 0.5, to the millisecond (what the data path counts in); 0 is off.
 func parseSeconds(key, value string) (time.Duration, error) {
 	f, err := strconv.ParseFloat(value, 64)
 	if err != nil || math.IsNaN(f) || f < 0 || f > 1e6 || strings.ContainsAny(value, "xXpP_") {
 		return 0, fmt.Errorf("%s=%s: not a number of seconds (such as 10 or 0.5)", key, value)
 	}
-	return time.Duration(f * float64(time.Second)), nil
+	d := time.Duration(f * float64(time.Second))
+	if f > 0 && d < time.Millisecond {
+		return 0, fmt.Errorf("%s=%s: less than a millisecond (0 turns it off)", key, value)
+	}
+	return d.Round(time.Millisecond), nil
+}
+
+// checkSocketFD refuses a socket-fd= that is not an open socket, or that
+// is one of nbdkit's standard descriptors (with -s, stdin is the client).
+func checkSocketFD(fd int) error {
+	if fd <= 2 {
+		return fmt.Errorf("socket-fd=%d: a standard descriptor (0, 1, 2) cannot be the server's socket", fd)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("socket-fd=%d: %v", fd, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+		return fmt.Errorf("socket-fd=%d: not a socket", fd)
+	}
+	return nil
 }
 
 // parseBool takes the booleans nbdkit_parse_bool takes, with a one-line
@@ -246,13 +274,15 @@ func configComplete() error {
 			return fmt.Errorf("port=%s needs hostname= or vsock=", cfg.port)
 		}
 	}
-	if len(cfg.args) > 0 && cfg.command == "" {
-		return fmt.Errorf("arg=%s needs command=", cfg.args[0])
-	}
 	if cfg.uri != "" {
 		ok := false
 		for _, s := range uriSchemes {
-			ok = ok || strings.HasPrefix(strings.ToLower(cfg.uri), s)
+			if strings.HasPrefix(strings.ToLower(cfg.uri), s) {
+				// A scheme is case-insensitive (RFC 3986); libnbd's
+				// parser wants it in lower case.
+				cfg.uri = s + cfg.uri[len(s):]
+				ok = true
+			}
 		}
 		if !ok {
 			return fmt.Errorf("uri=%s: not an NBD URI (it must start with one of %s)",
@@ -260,7 +290,23 @@ func configComplete() error {
 		}
 	}
 
-	if !cfg.sharedGiven && (cfg.command != "" || cfg.socketFD != nil) {
+	// One server process (command=) or one inherited socket (socket-fd=)
+	// can serve only one connection: every client shares it.  An
+	// inherited socket cannot be connected again either.
+	if cfg.command != "" || cfg.socketFD != nil {
+		mode := "command=" + cfg.command
+		if cfg.socketFD != nil {
+			mode = fmt.Sprintf("socket-fd=%d", *cfg.socketFD)
+		}
+		switch {
+		case cfg.sharedGiven && !cfg.shared:
+			return fmt.Errorf("shared=false cannot be used with %s (it serves every client over one connection)", mode)
+		case cfg.socketFD != nil && cfg.retry > 0:
+			return fmt.Errorf("retry=%d cannot be used with %s (an inherited socket can be connected only once)", cfg.retry, mode)
+		case cfg.socketFD != nil && cfg.reconnectDelay > 0:
+			return fmt.Errorf("reconnect-delay=%v cannot be used with %s (an inherited socket cannot be reconnected)",
+				cfg.reconnectDelay.Seconds(), mode)
+		}
 		cfg.shared = true
 	}
 	if cfg.dynamicExport {

@@ -167,7 +167,7 @@ serve (struct path *p, struct engine_request *req, char **msg)
 {
   struct engine_result res;
   struct link *l = acquire (p), *next;
-  int64_t deadline = -1;
+  int64_t start = p->reconnect_ms ? engine_now_ms () : 0, deadline = -1;
   char *text;
 
   for (;;) {
@@ -177,8 +177,13 @@ serve (struct path *p, struct engine_request *req, char **msg)
     if (engine_command (l->engine, req, &res) != ENGINE_CONN_FAILED ||
         p->reconnect_ms == 0)
       break;
+    /* reconnect-delay counts from the failure (for a timeout, from
+     * when it ended the connection), or from the request's start if
+     * the connection had failed before.
+     */
     if (deadline < 0)
-      deadline = engine_now_ms () + p->reconnect_ms;
+      deadline = (res.failed_at > start ? res.failed_at : start) +
+        p->reconnect_ms;
     if (is_write (req->op) && !res.not_sent &&
         !engine_server_closed (l->engine, deadline)) {
       free (res.msg);

@@ -37,8 +37,14 @@
 
 #include "engine.h"
 
-/* How far the connection has been ended (struct engine.ending). */
-enum { RUNNING, SEND_SHUT, ENDED };
+/* struct engine.ending: whether we ended the connection, and how. */
+enum {
+  RUNNING,
+  ENDED,                        /* libnbd cut off; the socket's sending
+                                   half shut, its receiving half ours */
+  ENDED_BLIND,                  /* both halves shut: the server's close
+                                   can no longer be seen */
+};
 
 struct cmd;
 
@@ -46,7 +52,7 @@ struct engine {
   struct nbd_handle *nbd;
   int sock_fd;                  /* our duplicate of the handle's socket */
   int wake_fd;                  /* eventfd: wakes the leader's poll */
-  int64_t timeout_ms, grace_ms;
+  int64_t timeout_ms;
 
   pthread_mutex_t lock;         /* protects leader and waiters */
   int leader;
@@ -55,8 +61,8 @@ struct engine {
   pthread_mutex_t io_lock;      /* held to call libnbd's state machine */
   struct cmd *_Atomic to_issue; /* left for io_lock's holder */
 
-  _Atomic int ending;           /* RUNNING, SEND_SHUT or ENDED */
-  _Atomic int64_t hard_deadline; /* with SEND_SHUT: when to end it all */
+  _Atomic int ending;           /* RUNNING, ENDED or ENDED_BLIND */
+  _Atomic int64_t failed_at;    /* engine_now_ms when it ended or died */
   _Atomic int timed_out;        /* ended because of a timeout */
   char *_Atomic cause;          /* libnbd's first error on this connection */
 
@@ -153,24 +159,59 @@ note_cause (struct engine *e)
     free (copy);
 }
 
-/* End the connection up to how (SEND_SHUT or ENDED); see engine.h. */
-static void
-end_connection (struct engine *e, int how)
-{
-  int prev = atomic_load (&e->ending);
+static void drain_and_unlock (struct engine *e);
 
-  while (prev < how) {
-    if (!atomic_compare_exchange_weak (&e->ending, &prev, how))
-      continue;
-    if (how == SEND_SHUT) {
-      atomic_store (&e->hard_deadline, engine_now_ms () + e->grace_ms);
-      shutdown (e->sock_fd, SHUT_WR);
-    }
-    else
-      shutdown (e->sock_fd, SHUT_RDWR);
-    wake_leader (e);            /* its deadline has changed */
+/* The time the connection was first seen failed or ended. */
+static void
+note_failure (struct engine *e)
+{
+  int64_t none = 0;
+
+  atomic_compare_exchange_strong (&e->failed_at, &none, engine_now_ms ());
+}
+
+/* End the connection now, for every command in flight (see "Ending a
+ * connection" in engine.h): the server is told that no more requests
+ * come (our sending half is shut), and libnbd's descriptor is pointed
+ * at a socket whose other end is closed, so that libnbd fails every
+ * command at once and lets go of their buffers, while the real socket's
+ * receiving half stays ours to watch for the server's close
+ * (engine_server_closed).  We own the handle, so its socket is ours to
+ * end; io_lock keeps libnbd from using the descriptor meanwhile.
+ */
+static void
+end_connection (struct engine *e)
+{
+  int fd, pair[2], how = ENDED;
+  unsigned dir;
+
+  if (atomic_exchange (&e->ending, ENDED) != RUNNING)
     return;
+  note_failure (e);
+  shutdown (e->sock_fd, SHUT_WR);
+  pthread_mutex_lock (&e->io_lock);
+  fd = nbd_aio_get_fd (e->nbd);
+  if (fd >= 0 &&
+      socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+                  pair) == 0) {
+    close (pair[1]);
+    if (dup3 (pair[0], fd, O_CLOEXEC) == -1)
+      how = ENDED_BLIND;
+    close (pair[0]);
   }
+  else if (fd >= 0)
+    how = ENDED_BLIND;
+  if (how == ENDED_BLIND) {
+    atomic_store (&e->ending, ENDED_BLIND);
+    shutdown (e->sock_fd, SHUT_RDWR);
+  }
+  dir = nbd_aio_get_direction (e->nbd);
+  if (dir & LIBNBD_AIO_DIRECTION_READ)
+    nbd_aio_notify_read (e->nbd);
+  else if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+    nbd_aio_notify_write (e->nbd);
+  drain_and_unlock (e);         /* what is left there is refused */
+  wake_leader (e);
 }
 
 /* A command's deadline passed. */
@@ -178,23 +219,16 @@ static void
 deadline_passed (struct engine *e)
 {
   atomic_store (&e->timed_out, 1);
-  if (atomic_load (&e->ending) == RUNNING && e->grace_ms > 0)
-    end_connection (e, SEND_SHUT);
-  else
-    end_connection (e, ENDED);
+  end_connection (e);
 }
 
-/* Until when c waits before deadline_passed: its own deadline, or once
- * the sending half is shut, the grace period's end.
+/* Until when c waits before deadline_passed: once the connection is
+ * ended, until libnbd has failed it, which is at once.
  */
 static int64_t
 deadline_of (struct engine *e, struct cmd *c)
 {
-  switch (atomic_load (&e->ending)) {
-  case SEND_SHUT: return atomic_load (&e->hard_deadline);
-  case ENDED: return -1;        /* libnbd fails everything now */
-  default: return c->deadline;
-  }
+  return atomic_load (&e->ending) == RUNNING ? c->deadline : -1;
 }
 
 /* Wake-ups the leader owes, made once libnbd's call has returned: a
@@ -485,8 +519,10 @@ lead (struct engine *e, struct cmd *c)
   /* libnbd closed its descriptor of a dead connection; ours keeps the
    * socket open, so tell the server that we are done with it.
    */
-  if (dead (e))
+  if (dead (e)) {
+    note_failure (e);
     shutdown (e->sock_fd, SHUT_WR);
+  }
   hand_off (e);
 }
 
@@ -593,7 +629,9 @@ engine_command (struct engine *e, struct engine_request *req,
   }
   free (c.refused_msg);
   if (c.refused || (c.error && engine_is_dead (e))) {
+    note_failure (e);
     res->outcome = ENGINE_CONN_FAILED;
+    res->failed_at = atomic_load (&e->failed_at);
     res->not_sent = c.refused;
     res->timed_out = atomic_load (&e->timed_out);
     res->errnum = c.error ? c.error : ENOTCONN;
@@ -620,16 +658,17 @@ engine_server_closed (struct engine *e, int64_t deadline_ms)
   for (;;) {
     if (atomic_load (&e->server_closed))
       return 1;
-    /* Only a dead connection's socket is ours to read; and once we have
-     * shut down its receiving half, an end of file is our own doing.
+    /* Only a dead connection's socket is ours to read (after
+     * end_connection, libnbd no longer reads it); and once we have shut
+     * down its receiving half, an end of file is our own doing.
      */
-    if (!dead (e) || atomic_load (&e->ending) == ENDED)
+    if (!engine_is_dead (e) || atomic_load (&e->ending) == ENDED_BLIND)
       return 0;
     pthread_mutex_lock (&e->drain_lock);
     while ((n = recv (e->sock_fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
       ;
     if ((n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR)) &&
-        atomic_load (&e->ending) != ENDED)
+        atomic_load (&e->ending) != ENDED_BLIND)
       atomic_store (&e->server_closed, 1);
     pthread_mutex_unlock (&e->drain_lock);
     if (atomic_load (&e->server_closed))
@@ -642,7 +681,7 @@ engine_server_closed (struct engine *e, int64_t deadline_ms)
 }
 
 struct engine *
-engine_new (struct nbd_handle *nbd, int64_t timeout_ms, int64_t grace_ms)
+engine_new (struct nbd_handle *nbd, int64_t timeout_ms)
 {
   struct engine *e = calloc (1, sizeof *e);
   int fd, err;
@@ -664,7 +703,6 @@ engine_new (struct nbd_handle *nbd, int64_t timeout_ms, int64_t grace_ms)
   }
   e->nbd = nbd;
   e->timeout_ms = timeout_ms;
-  e->grace_ms = grace_ms;
   pthread_mutex_init (&e->lock, NULL);
   pthread_mutex_init (&e->io_lock, NULL);
   pthread_mutex_init (&e->drain_lock, NULL);

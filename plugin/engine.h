@@ -44,14 +44,12 @@
  *
  *  Ending a connection.  A command not answered within timeout_ms ends
  *  the connection for every command in flight (NBD cannot cancel one):
- *   - with grace_ms 0, at once (shutdown both ways);
- *   - with grace_ms > 0 in two steps: first only the sending half is shut
- *     down, so that the server sees the end of our requests, finishes
- *     what it has, and closes; replies still arriving complete their
- *     commands.  Whatever is still unanswered grace_ms later is failed
- *     with a shutdown of both halves.
- *  After the first step no new command is sent (engine_command reports
- *  them failed and not sent).
+ *  the socket's sending half is shut, so that the server sees the end of
+ *  our requests, finishes what it has and closes; and libnbd's
+ *  descriptor is pointed at a dead socket (dup3 under io_lock), so that
+ *  libnbd fails every command at once and lets go of their buffers.  The
+ *  socket's receiving half stays open on sock_fd.  From then on no
+ *  command is sent (engine_command reports them failed and not sent).
  *
  *  Knowing that the server let go.  A write that may have reached the
  *  server on a connection that then failed must not be sent again while
@@ -106,15 +104,15 @@ struct engine_result {
   int errnum;                   /* the errno for the client, if not OK */
   int timed_out;                /* the connection was ended for a timeout */
   int not_sent;                 /* CONN_FAILED: it never left this process */
+  int64_t failed_at;            /* CONN_FAILED: when the connection failed
+                                   (engine_now_ms) */
   char *msg;                    /* malloc'd message, or NULL */
 };
 
-/* Take a connected handle.  timeout_ms: per command (0: none); grace_ms:
- * see "Ending a connection" (0: end at once).  NULL with errno set on
- * failure; the handle is then still the caller's.
+/* Take a connected handle.  timeout_ms: per command (0: none).  NULL
+ * with errno set on failure; the handle is then still the caller's.
  */
-struct engine *engine_new (struct nbd_handle *nbd, int64_t timeout_ms,
-                           int64_t grace_ms);
+struct engine *engine_new (struct nbd_handle *nbd, int64_t timeout_ms);
 
 /* Run one command and wait for it.  Returns res->outcome. */
 int engine_command (struct engine *e, struct engine_request *req,

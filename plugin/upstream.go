@@ -82,10 +82,7 @@ func openDeadline() time.Time {
 func newEngine(h *libnbd.Handle) (*C.struct_engine, error) {
 	released := h.Release()
 	nbd := (*C.struct_nbd_handle)(released)
-	// A connection ended for a timeout is given reconnect-delay to let
-	// go of its requests (see "Ending a connection" in engine.h).
-	e, err := C.engine_new(nbd, C.int64_t(cfg.timeout.Milliseconds()),
-		C.int64_t(cfg.reconnectDelay.Milliseconds()))
+	e, err := C.engine_new(nbd, C.int64_t(cfg.timeout.Milliseconds()))
 	if e == nil {
 		libnbd.CloseReleased(released)
 		return nil, fmt.Errorf("starting the command engine: %w", err)
