@@ -5,30 +5,48 @@
 -include config.mk
 
 PLUGIN     = nbdkit-nbd-go-plugin.so
+# The one place the version is written; configure.ac, the man page,
+# --dump-plugin (plugin.Version, set below with -X) and debian/changelog
+# (checked by tests/version_test.go) take it from here.
+VERSION   := $(shell cat VERSION)
 GO        ?= go
+# A Go in /usr/local/go is used when there is none on PATH (the README's
+# commands run with a bare PATH; .ci/install-deps installs golang-go
+# when neither place has a Go that go.mod accepts).
+ifeq ($(shell command -v $(GO)),)
+export PATH := $(PATH):/usr/local/go/bin
+endif
 POD2MAN   ?= pod2man
 # Never download a toolchain: builds work offline.
 export GOTOOLCHAIN = local
 CC        ?= cc
 PKG_CONFIG ?= pkg-config
-GOFLAGS_BUILD = -trimpath -ldflags='-buildid= -s -w'
+GOFLAGS_BUILD = -trimpath -buildvcs=false \
+	-ldflags='-buildid= -s -w -X nbdkit-nbd-go-plugin/plugin.Version=$(VERSION)'
+# CFLAGS, CPPFLAGS and LDFLAGS from the environment (dpkg-buildflags
+# exports them, with the hardening options), the command line or
+# config.mk are used for the loader and, through CGO_CFLAGS and
+# CGO_LDFLAGS, for the C that cgo compiles into the Go library.
 CFLAGS    ?= -O2 -g
+CPPFLAGS  ?=
+LDFLAGS   ?=
 LOADER_CFLAGS = -fPIC -Wall -Werror=implicit-function-declaration \
 	$(shell $(PKG_CONFIG) --cflags nbdkit) -Inbdkit -Ibuild \
 	-ffile-prefix-map=$(CURDIR)=.
-export CGO_CFLAGS ?= -O2 -g -ffile-prefix-map=$(CURDIR)=.
+export CGO_CPPFLAGS ?= $(CPPFLAGS)
+export CGO_CFLAGS ?= $(CFLAGS) -ffile-prefix-map=$(CURDIR)=.
+export CGO_LDFLAGS ?= $(LDFLAGS)
 
 GO_SOURCES = go.mod $(wildcard go.sum) $(shell find nbdkit libnbd plugin cmd -name '*.go' -o -name '*.c' -o -name '*.h')
 
 MANPAGE    = nbdkit-nbd-go-plugin.1
-VERSION    = 1.0.0
 prefix    ?= /usr/local
 mandir    ?= $(prefix)/share/man
 plugindir ?= $(shell $(PKG_CONFIG) --variable=plugindir nbdkit)
 
 all: $(PLUGIN) $(MANPAGE)
 
-$(MANPAGE): nbdkit-nbd-go-plugin.pod
+$(MANPAGE): nbdkit-nbd-go-plugin.pod VERSION
 	$(POD2MAN) --section=1 --center=nbdkit --release=$(VERSION) \
 		--date=2026-11-25 --name=nbdkit-nbd-go-plugin $< > $@.tmp
 	mv $@.tmp $@
@@ -41,25 +59,45 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(plugindir)/$(PLUGIN) $(DESTDIR)$(mandir)/man1/$(MANPAGE)
 
-build/libnbd-go.so: $(GO_SOURCES)
+build/libnbd-go.so: $(GO_SOURCES) VERSION
 	@mkdir -p build
 	$(GO) build $(GOFLAGS_BUILD) -buildmode=c-shared -o $@ ./cmd/nbdkit-nbd-go-plugin
 	rm -f build/libnbd-go.h
 
-build/plugin-desc.h: $(GO_SOURCES)
+build/plugin-desc.h: $(GO_SOURCES) VERSION
 	@mkdir -p build
 	$(GO) run $(GOFLAGS_BUILD) ./cmd/nbdkit-nbd-go-plugin > $@.tmp
 	mv $@.tmp $@
 
 $(PLUGIN): loader/loader.c loader/forks.c loader/forks.h loader/embed.S nbdkit/abi.h build/plugin-desc.h build/libnbd-go.so
-	$(CC) $(CFLAGS) $(LOADER_CFLAGS) -shared -o $@ \
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LOADER_CFLAGS) $(LDFLAGS) -shared -o $@ \
 		-DGO_LIBRARY='"build/libnbd-go.so"' loader/loader.c loader/forks.c loader/embed.S -ldl
 
 check: $(PLUGIN)
 	$(GO) vet ./...
+	$(GO) vet -tags packaging ./tests
 	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd tests)" || { gofmt -l nbdkit libnbd plugin cmd tests; exit 1; }
 	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin
 	$(GO) test -count=1 -timeout 12m ./tests
+
+# What the Debian package build runs (debian/rules, unless
+# DEB_BUILD_OPTIONS=nocheck): the unit tests and one smoke test of the
+# built plugin.
+check-unit: $(PLUGIN)
+	$(GO) test -count=1 ./nbdkit ./libnbd ./plugin
+	./tests/smoke.sh $(PLUGIN)
+
+# The tests that install things on this machine (as root): the build
+# dependencies of debian/control (apt-get build-dep), then the Debian
+# package, built with Debian's Go, checked by lintian, installed and
+# removed (tests/packaging_debian_test.go).  Not part of `make check`.
+check-packaging: $(PLUGIN)
+	apt-get build-dep -y ./
+	$(GO) test -tags packaging -count=1 -v -run 'TestDebian' -timeout 20m ./tests
+
+# `make check` on Debian 13, in a debootstrap chroot (.ci/check-debian13).
+check-debian13:
+	./.ci/check-debian13
 
 # A short fuzzing run of the configuration parser (seeds in
 # plugin/testdata/fuzz).
@@ -122,4 +160,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all check fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
+.PHONY: all check check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
