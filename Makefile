@@ -73,7 +73,7 @@ $(PLUGIN): loader/loader.c loader/forks.c loader/forks.h loader/embed.S nbdkit/a
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LOADER_CFLAGS) $(LDFLAGS) -shared -o $@ \
 		-DGO_LIBRARY='"build/libnbd-go.so"' loader/loader.c loader/forks.c loader/embed.S -ldl
 
-check: $(PLUGIN)
+check: all
 	$(GO) vet ./...
 	$(GO) vet -tags packaging ./tests
 	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd tests)" || { gofmt -l nbdkit libnbd plugin cmd tests; exit 1; }
