@@ -7,30 +7,48 @@
 PLUGIN     = nbdkit-nbd-go-plugin.so
 # The kit's example plugin (examples/ramdisk), built by the same rule.
 RAMDISK    = examples/ramdisk/nbdkit-ramdisk-plugin.so
+# The one place the version is written; configure.ac, the man page,
+# --dump-plugin (plugin.Version, set below with -X) and debian/changelog
+# (checked by tests/version_test.go) take it from here.
+VERSION   := $(shell cat VERSION)
 GO        ?= go
+# A Go in /usr/local/go is used when there is none on PATH (the README's
+# commands run with a bare PATH; .ci/install-deps installs golang-go
+# when neither place has a Go that go.mod accepts).
+ifeq ($(shell command -v $(GO)),)
+export PATH := $(PATH):/usr/local/go/bin
+endif
 POD2MAN   ?= pod2man
 # Never download a toolchain: builds work offline.
 export GOTOOLCHAIN = local
 CC        ?= cc
 PKG_CONFIG ?= pkg-config
-GOFLAGS_BUILD = -trimpath -ldflags='-buildid= -s -w'
+GOFLAGS_BUILD = -trimpath -buildvcs=false \
+	-ldflags='-buildid= -s -w -X nbdkit-nbd-go-plugin/plugin.Version=$(VERSION)'
+# CFLAGS, CPPFLAGS and LDFLAGS from the environment (dpkg-buildflags
+# exports them, with the hardening options), the command line or
+# config.mk are used for the loader and, through CGO_CFLAGS and
+# CGO_LDFLAGS, for the C that cgo compiles into the Go library.
 CFLAGS    ?= -O2 -g
+CPPFLAGS  ?=
+LDFLAGS   ?=
 LOADER_CFLAGS = -fPIC -Wall -Werror=implicit-function-declaration \
 	$(shell $(PKG_CONFIG) --cflags nbdkit) -Inbdkit \
 	-ffile-prefix-map=$(CURDIR)=.
-export CGO_CFLAGS ?= -O2 -g -ffile-prefix-map=$(CURDIR)=.
+export CGO_CPPFLAGS ?= $(CPPFLAGS)
+export CGO_CFLAGS ?= $(CFLAGS) -ffile-prefix-map=$(CURDIR)=.
+export CGO_LDFLAGS ?= $(LDFLAGS)
 
 GO_SOURCES = go.mod $(wildcard go.sum) $(shell find nbdkit libnbd plugin cmd examples -name '*.go' -o -name '*.c' -o -name '*.h')
 
 MANPAGE    = nbdkit-nbd-go-plugin.1
-VERSION    = 1.0.0
 prefix    ?= /usr/local
 mandir    ?= $(prefix)/share/man
 plugindir ?= $(shell $(PKG_CONFIG) --variable=plugindir nbdkit)
 
 all: $(PLUGIN) $(RAMDISK) $(MANPAGE)
 
-$(MANPAGE): nbdkit-nbd-go-plugin.pod
+$(MANPAGE): nbdkit-nbd-go-plugin.pod VERSION
 	$(POD2MAN) --section=1 --center=nbdkit --release=$(VERSION) \
 		--date=2026-11-25 --name=nbdkit-nbd-go-plugin $< > $@.tmp
 	mv $@.tmp $@
@@ -49,18 +67,18 @@ uninstall:
 # inside.  BUILDDIR holds the intermediate files, one per plugin.
 LOADER_SOURCES = loader/loader.c loader/forks.c loader/forks.h loader/embed.S nbdkit/abi.h
 define GO_PLUGIN
-$(3)/library.so: $$(GO_SOURCES)
+$(3)/library.so: $$(GO_SOURCES) VERSION
 	@mkdir -p $(3)
 	$$(GO) build $$(GOFLAGS_BUILD) -buildmode=c-shared -o $$@ ./$(2)
 	rm -f $(3)/library.h
 
-$(3)/plugin-desc.h: $$(GO_SOURCES)
+$(3)/plugin-desc.h: $$(GO_SOURCES) VERSION
 	@mkdir -p $(3)
 	$$(GO) run $$(GOFLAGS_BUILD) ./$(2) > $$@.tmp
 	mv $$@.tmp $$@
 
 $(1): $$(LOADER_SOURCES) $(3)/plugin-desc.h $(3)/library.so
-	$$(CC) $$(CFLAGS) $$(LOADER_CFLAGS) -I$(3) -shared -o $$@ \
+	$$(CC) $$(CPPFLAGS) $$(CFLAGS) $$(LOADER_CFLAGS) $$(LDFLAGS) -I$(3) -shared -o $$@ \
 		-DGO_LIBRARY='"$(3)/library.so"' loader/loader.c loader/forks.c loader/embed.S -ldl
 endef
 
@@ -69,9 +87,29 @@ $(eval $(call GO_PLUGIN,$(RAMDISK),examples/ramdisk,build/ramdisk))
 
 check: all
 	$(GO) vet ./...
+	$(GO) vet -tags packaging ./tests
 	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd examples tests)" || { gofmt -l nbdkit libnbd plugin cmd examples tests; exit 1; }
 	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin
 	$(GO) test -count=1 -timeout 12m ./tests
+
+# What the Debian package build runs (debian/rules, unless
+# DEB_BUILD_OPTIONS=nocheck): the unit tests and one smoke test of the
+# built plugin.
+check-unit: $(PLUGIN)
+	$(GO) test -count=1 ./nbdkit ./libnbd ./plugin
+	./tests/smoke.sh $(PLUGIN)
+
+# The tests that install things on this machine (as root): the build
+# dependencies of debian/control (apt-get build-dep), then the Debian
+# package, built with Debian's Go, checked by lintian, installed and
+# removed (tests/packaging_debian_test.go).  Not part of `make check`.
+check-packaging: $(PLUGIN)
+	apt-get build-dep -y ./
+	$(GO) test -tags packaging -count=1 -v -run 'TestDebian' -timeout 20m ./tests
+
+# `make check` on Debian 13, in a debootstrap chroot (.ci/check-debian13).
+check-debian13:
+	./.ci/check-debian13
 
 # A short fuzzing run of the configuration parser (seeds in
 # plugin/testdata/fuzz).
@@ -134,4 +172,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all check fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
+.PHONY: all check check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck

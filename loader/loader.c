@@ -285,11 +285,14 @@ configure_in_process (void)
 static int
 loader_config_complete (void)
 {
-  int fds[2], tm;
+  const char *why;
+  int fds[2], tm, may_fork;
   ssize_t r;
 
   config_cwd = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (!nbdkit_may_fork ())
+  may_fork = nbdkit_may_fork (&why);
+  nbdkit_debug ("%s", why);
+  if (!may_fork)
     return configure_in_process ();
   if (pipe2 (fds, O_CLOEXEC) == -1) {
     nbdkit_error ("pipe2: %m");

@@ -20,7 +20,7 @@ import (
 )
 
 // Version is the plugin's version.
-const Version = "1.0.0"
+var Version = "unknown" // set by the Makefile (-X) from ../VERSION
 
 // conn is one client's state: its server connection (its own, or the
 // shared one) and whether the client is read-only.

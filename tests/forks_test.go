@@ -42,31 +42,102 @@ func checkWhereGoStarted(t *testing.T, stderr string, wantInProcess bool) {
 
 func TestGoStartsInProcessWhenNbdkitWillNotFork(t *testing.T) {
 	server := startServer(t, "memory", "32M")
-	for _, opts := range [][]string{
+	optss := [][]string{
 		{"-f"}, {"-fv"}, {"--foreground"}, {"--fore"}, {"--no-fork"},
 		{"--exit-with-parent"}, {"-f", "-D", "nbd-go.verbose=0"},
 		{"-rf"}, {"-t", "4", "-f"}, {"-f", "--threads=4"},
-	} {
+	}
+	// Options that later nbdkits added (1.42 has them, 1.32 not).
+	if long := run(t, "nbdkit", "--long-options"); strings.Contains(long, "--timeout\n") {
+		optss = append(optss, []string{"--timeout", "30", "-f"}, []string{"--print-uri", "--keepalive", "-f"})
+	}
+	for _, opts := range optss {
 		t.Run(strings.Join(opts, " "), func(t *testing.T) {
-			sock := filepath.Join(t.TempDir(), "proxy.sock")
-			args := append([]string{"-v", "-U", sock}, opts...)
-			args = append(args, plugin, "socket="+server)
-			cmd := exec.Command("nbdkit", args...)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
+			stderr := serveForeground(t, "nbdkit", server, opts...)
+			checkWhereGoStarted(t, stderr, true)
+			if want := "nbdkit " + nbdkitMinor(t) + " will not fork"; !strings.Contains(stderr, want) {
+				t.Errorf("no %q in nbdkit's messages:\n%s", want, stderr)
 			}
-			defer cmd.Wait()
-			defer cmd.Process.Kill()
-			waitSocket(t, sock)
-			if got := sizeThrough(t, unixURI(sock)); got != size32M {
-				t.Fatalf("size %q, want %s", got, size32M)
-			}
-			cmd.Process.Kill()
-			cmd.Wait()
-			checkWhereGoStarted(t, stderr.String(), true)
 		})
+	}
+}
+
+// serveForeground runs nbdkit (the binary given) -v with opts (which
+// keep it in the foreground), serving server through the plugin; it
+// checks that a client is served and returns nbdkit's messages.
+func serveForeground(t *testing.T, nbdkit, server string, opts ...string) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "proxy.sock")
+	args := append([]string{"-v", "-U", sock}, opts...)
+	args = append(args, plugin, "socket="+server)
+	cmd := exec.Command(nbdkit, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	waitSocket(t, sock)
+	if got := sizeThrough(t, unixURI(sock)); got != size32M {
+		t.Fatalf("size %q, want %s", got, size32M)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	return stderr.String()
+}
+
+// nbdkitVersion is `nbdkit --version`'s version ("1.32.5").
+func nbdkitVersion(t *testing.T) string {
+	t.Helper()
+	out := run(t, "nbdkit", "--version")
+	if !strings.HasPrefix(out, "nbdkit ") || len(strings.Fields(out)) < 2 {
+		t.Fatalf("nbdkit --version does not say nbdkit VERSION: %q", out)
+	}
+	return strings.Fields(out)[1]
+}
+
+// nbdkitMinor is "1.32" for nbdkit 1.32.5.
+func nbdkitMinor(t *testing.T) string {
+	v := strings.SplitN(nbdkitVersion(t), ".", 3)
+	return v[0] + "." + v[1]
+}
+
+// An nbdkit newer than those whose options loader/forks.c knows
+// (1.32 to 1.42) may have a new option that forks: with it the loader
+// takes the safe path (the check child, Go started in after_fork) even
+// with -f.  The newer nbdkit is this one with its version string
+// changed (1.32.5 -> 1.99.5, same length) in a copy of its binary: the
+// loader asks /proc/self/exe --version.
+func TestGoStartsInCheckChildUnderUnknownNbdkit(t *testing.T) {
+	path, err := exec.LookPath("nbdkit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := nbdkitVersion(t)
+	parts := strings.SplitN(v, ".", 3)
+	newer := parts[0] + "." + strings.Repeat("9", len(parts[1])) + v[len(parts[0])+1+len(parts[1]):]
+	if n := bytes.Count(bin, []byte(v)); n == 0 {
+		t.Fatalf("%s does not hold its version %q", path, v)
+	}
+	fake := filepath.Join(t.TempDir(), "nbdkit")
+	if err := os.WriteFile(fake, bytes.ReplaceAll(bin, []byte(v), []byte(newer)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(t, fake, "--version"); !strings.HasPrefix(out, "nbdkit "+newer) {
+		t.Fatalf("the patched nbdkit says %q, want nbdkit %s", out, newer)
+	}
+
+	server := startServer(t, "memory", "32M")
+	stderr := serveForeground(t, fake, server, "-f")
+	checkWhereGoStarted(t, stderr, false)
+	want := "nbdkit " + newer[:strings.LastIndex(newer, ".")] + " is not one whose options are known"
+	if !strings.Contains(stderr, want) {
+		t.Errorf("no %q in nbdkit's messages:\n%s", want, stderr)
 	}
 }
 

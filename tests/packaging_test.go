@@ -102,38 +102,3 @@ func TestInstallAndDistcheck(t *testing.T) {
 	}
 	run(t, "make", "-C", "..", "distcheck") // dist takes the tracked files from git
 }
-
-// The Debian package builds, installs, and `nbdkit nbd-go` finds the
-// plugin by its short name.
-func TestDebianPackage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a .deb and installs it on this machine")
-	}
-	t.Parallel()
-	dir := copyTree(t)
-	// -d: Go may come from PATH rather than the golang-go package.
-	cmd := exec.Command("dpkg-buildpackage", "-us", "-uc", "-b", "-d")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("dpkg-buildpackage: %v\n%s", err, out)
-	}
-	debs, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "nbdkit-nbd-go-plugin_*.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("want one .deb, got %v", debs)
-	}
-	list := run(t, "dpkg", "-c", debs[0])
-	for _, want := range []string{"/nbdkit/plugins/nbdkit-nbd-go-plugin.so", "/man1/nbdkit-nbd-go-plugin.1.gz"} {
-		if !strings.Contains(list, want) {
-			t.Errorf("the .deb lacks %s", want)
-		}
-	}
-	run(t, "dpkg", "-i", debs[0])
-	t.Cleanup(func() { exec.Command("dpkg", "-r", "nbdkit-nbd-go-plugin").Run() })
-
-	server := startServer(t, "memory", "16M")
-	proxy := startNbdkit(t, "nbd-go", "socket="+server)
-	copyThrough(t, unixURI(proxy), unixURI(server), 1<<20)
-	if out := run(t, "dpkg", "-L", "nbdkit-nbd-go-plugin"); !strings.Contains(out, "man1/nbdkit-nbd-go-plugin.1") {
-		t.Errorf("man page not installed: %q", out)
-	}
-}
