@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark of block status (extents) through the proxies: nbdkit's C nbd
-# plugin, this plugin, and this plugin with its Go callbacks
-# (-D nbd-go.godata=1) instead of the direct C path.  fio has no block
+# plugin and this plugin.  fio has no block
 # status workload, so the client is libnbd's Python binding, keeping 16
 # requests of 1 MiB in flight over a sparse 4G disk (nbdkit sparse-random,
 # runs of 16k: about 65 extents per reply).  Alternating targets, the
@@ -50,20 +49,18 @@ PY
 nbdkit -f -U "$dir/server.sock" sparse-random 4G percent=50 runlength=16384 & pids+=($!)
 nbdkit -f -U "$dir/c.sock" nbd socket="$dir/server.sock" & pids+=($!)
 nbdkit -f -U "$dir/go.sock" "$plugin" socket="$dir/server.sock" & pids+=($!)
-nbdkit -f -U "$dir/godata.sock" -D nbd-go.godata=1 "$plugin" socket="$dir/server.sock" & pids+=($!)
-for t in server c go godata; do
+for t in server c go; do
   until nbdinfo --size "nbd+unix:///?socket=$dir/$t.sock" >/dev/null 2>&1; do sleep 0.05; done
 done
 
 declare -A res
 for i in $(seq "$rounds"); do
-  for t in c go godata; do
+  for t in c go; do
     echo "bench-extents: round $i/$rounds $t" >&2
     res[$t]="${res[$t]:-} $($py "$dir/client.py" "$dir/$t.sock" 20000)"
   done
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-c=$(echo ${res[c]} | median); g=$(echo ${res[go]} | median); d=$(echo ${res[godata]} | median)
+c=$(echo ${res[c]} | median); g=$(echo ${res[go]} | median)
 printf 'block status, 1 MiB x 16 in flight, requests/s (median of %d)\n' "$rounds"
-printf '  C nbd %d   ours %d   ours via Go callbacks %d   ours/C %.2f   Go/direct %.2f\n' \
-  "$c" "$g" "$d" "$(echo "$g $c" | awk '{print $1/$2}')" "$(echo "$d $g" | awk '{print $1/$2}')"
+printf '  C nbd %d   ours %d   ours/C %.2f\n' "$c" "$g" "$(echo "$g $c" | awk '{print $1/$2}')"
