@@ -158,14 +158,17 @@ static void
 end_connection (struct engine *e, int how)
 {
   int prev = atomic_load (&e->ending);
+  int64_t unset = 0;
 
   while (prev < how) {
+    /* Set before ending says SEND_SHUT: whoever sees SEND_SHUT reads it. */
+    if (how == SEND_SHUT)
+      atomic_compare_exchange_strong (&e->hard_deadline, &unset,
+                                      engine_now_ms () + e->grace_ms);
     if (!atomic_compare_exchange_weak (&e->ending, &prev, how))
       continue;
-    if (how == SEND_SHUT) {
-      atomic_store (&e->hard_deadline, engine_now_ms () + e->grace_ms);
+    if (how == SEND_SHUT)
       shutdown (e->sock_fd, SHUT_WR);
-    }
     else
       shutdown (e->sock_fd, SHUT_RDWR);
     wake_leader (e);            /* its deadline has changed */
@@ -173,24 +176,29 @@ end_connection (struct engine *e, int how)
   }
 }
 
-/* A command's deadline passed. */
+/* A deadline that deadline_of gave while ending was seen passed.  The
+ * step follows from seen, not from ending now: when two commands' own
+ * deadlines pass at once, the second must not take the first's
+ * SEND_SHUT for the end of the grace period.
+ */
 static void
-deadline_passed (struct engine *e)
+deadline_passed (struct engine *e, int seen)
 {
   atomic_store (&e->timed_out, 1);
-  if (atomic_load (&e->ending) == RUNNING && e->grace_ms > 0)
+  if (seen == RUNNING && e->grace_ms > 0)
     end_connection (e, SEND_SHUT);
   else
     end_connection (e, ENDED);
 }
 
 /* Until when c waits before deadline_passed: its own deadline, or once
- * the sending half is shut, the grace period's end.
+ * the sending half is shut, the grace period's end.  *seen: the stage
+ * that deadline belongs to.
  */
 static int64_t
-deadline_of (struct engine *e, struct cmd *c)
+deadline_of (struct engine *e, struct cmd *c, int *seen)
 {
-  switch (atomic_load (&e->ending)) {
+  switch ((*seen = atomic_load (&e->ending))) {
   case SEND_SHUT: return atomic_load (&e->hard_deadline);
   case ENDED: return -1;        /* libnbd fails everything now */
   default: return c->deadline;
@@ -271,6 +279,7 @@ issue (struct engine *e, struct cmd *c)
 {
   nbd_completion_callback cb = { .callback = on_complete, .user_data = c };
   struct engine_request *r = c->req;
+  int op = r->op;               /* r may be gone once c is DONE */
   const char *msg;
   int64_t cookie;
 
@@ -280,7 +289,7 @@ issue (struct engine *e, struct cmd *c)
     signal_cmd (c, DONE);
     return;
   }
-  switch (r->op) {
+  switch (op) {
   case ENGINE_PREAD:
     cookie = nbd_aio_pread (e->nbd, r->buf, r->count, r->offset, cb,
                             r->flags);
@@ -318,7 +327,7 @@ issue (struct engine *e, struct cmd *c)
     c->refused_msg = msg ? strdup (msg) : NULL;
     signal_cmd (c, DONE);
   }
-  else if (r->op == ENGINE_PWRITE &&
+  else if (op == ENGINE_PWRITE &&
            (nbd_aio_get_direction (e->nbd) & LIBNBD_AIO_DIRECTION_WRITE)) {
     /* libnbd could not send all of the write at once and now waits to
      * write, which a leader already in poll() does not know.  Other
@@ -441,7 +450,7 @@ lead (struct engine *e, struct cmd *c)
   struct pollfd fds[2];
   unsigned dir;
   uint64_t n;
-  int r;
+  int r, seen;
 
   while (!(atomic_load (&c->state) & DONE)) {
     if (dead (e))
@@ -452,7 +461,7 @@ lead (struct engine *e, struct cmd *c)
                     ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
     fds[1].fd = e->wake_fd;
     fds[1].events = POLLIN;
-    r = poll (fds, 2, ms_left (deadline_of (e, c)));
+    r = poll (fds, 2, ms_left (deadline_of (e, c, &seen)));
     if (r == -1) {
       /* EINTR, or ENOMEM: try again.  Giving up is not an option while
        * commands are in flight.
@@ -462,7 +471,7 @@ lead (struct engine *e, struct cmd *c)
       continue;
     }
     if (r == 0) {
-      deadline_passed (e);
+      deadline_passed (e, seen);
       continue;
     }
     if (fds[1].revents & POLLIN) {
@@ -510,6 +519,7 @@ wait_cmd (struct engine *e, struct cmd *c)
 {
   struct cmd **pp;
   unsigned s;
+  int seen;
 
   pthread_mutex_lock (&e->lock);
   if (atomic_load (&c->state) & DONE) {
@@ -531,10 +541,11 @@ wait_cmd (struct engine *e, struct cmd *c)
     s = atomic_load (&c->state);
     if (s & (DONE | LEAD))
       break;
-    if (ms_left (deadline_of (e, c)) == 0)
-      deadline_passed (e);
+    if (ms_left (deadline_of (e, c, &seen)) == 0)
+      deadline_passed (e, seen);
     if (atomic_compare_exchange_weak (&c->state, &s, s | SLEEPING))
-      futex_wait (&c->state, s | SLEEPING, ms_left (deadline_of (e, c)));
+      futex_wait (&c->state, s | SLEEPING,
+                  ms_left (deadline_of (e, c, &seen)));
   }
 
   if (s & LEAD) {               /* hand_off took c off the list */
