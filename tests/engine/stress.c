@@ -51,6 +51,10 @@
 static atomic_long nr_commands, nr_passed, nr_failed;
 static char tmpdir[] = "/tmp/engine-stress.XXXXXX";
 static const char *scenario = "setup";
+/* What a bound in time allows beyond its value: the machine may be
+ * loaded (shared CI runners, TSan's slowdown).  ENGINE_STRESS_SLACK_MS.
+ */
+static int64_t slack_ms = 2000;
 
 #define CHECK(cond, ...) check ((cond), __FILE__, __LINE__, __VA_ARGS__)
 
@@ -487,7 +491,7 @@ scenario_mixed (void)
 /* Scenario 2: SIGKILL the server while threads run. */
 
 #define KILL_THREADS 16
-#define KILL_PROMPT_MS 2000     /* a command ends this soon after death */
+#define KILL_PROMPT_MS (500 + slack_ms) /* a command ends this soon after death */
 
 static atomic_int server_gone;  /* the server has been killed and reaped */
 static _Atomic int64_t gone_ms;
@@ -610,7 +614,8 @@ scenario_kill (int round)
          "engine_server_closed changed its answer");
   t0 = engine_now_ms ();
   engine_close (e, 1000);
-  CHECK (engine_now_ms () - t0 < 500, "engine_close took %" PRId64 " ms",
+  CHECK (engine_now_ms () - t0 < 100 + slack_ms,
+         "engine_close took %" PRId64 " ms",
          engine_now_ms () - t0);
   unlink (s.sock);
   printf ("  kill #%d: %d threads, %ld commands succeeded before the kill\n",
@@ -621,13 +626,13 @@ scenario_kill (int round)
 
 #define TO_THREADS 12
 #define TIMEOUT_MS 200
-#define SLACK_MS 800            /* a loaded machine under TSan */
 
 struct to_thread {
   pthread_t tid;
   int idx;
   struct engine *e;
   pthread_barrier_t *barrier;
+  _Atomic int64_t *go_ms;       /* when the first thread started */
   int expect_ok;                /* the replies come within the grace */
   int64_t bound_ms;             /* each command ends within this */
 };
@@ -642,14 +647,23 @@ to_run (void *arg)
     .offset = t->idx * (uint64_t) BLOCK,
   };
   struct engine_result res;
-  int64_t start, took;
+  int64_t start, took, first = 0;
   size_t i;
 
   memset (buf, 0xa5, sizeof buf);
   pthread_barrier_wait (t->barrier);
   start = engine_now_ms ();
+  atomic_compare_exchange_strong (t->go_ms, &first, start);
   run (t->e, &req, &res);
   took = engine_now_ms () - start;
+  if (res.outcome == ENGINE_CONN_FAILED && res.not_sent &&
+      start - atomic_load (t->go_ms) >= TIMEOUT_MS - 5) {
+    /* The machine held this thread back past the others' deadline:
+     * refused, rightly; nothing to check about timing.
+     */
+    CHECK (res.timed_out == 1, "thread %d: refused, not timed out", t->idx);
+    return NULL;
+  }
   CHECK (took <= t->bound_ms, "thread %d: the read took %" PRId64
          " ms, bound %" PRId64, t->idx, took, t->bound_ms);
   if (t->expect_ok) {
@@ -679,7 +693,7 @@ to_run (void *arg)
   CHECK (res.outcome == ENGINE_CONN_FAILED && res.not_sent == 1,
          "thread %d: a command after the end ended %s not_sent %d",
          t->idx, outcome_name (res.outcome), res.not_sent);
-  CHECK (engine_now_ms () - start < 200,
+  CHECK (engine_now_ms () - start < 100 + slack_ms,
          "thread %d: a command after the end took %" PRId64 " ms",
          t->idx, engine_now_ms () - start);
   return NULL;
@@ -695,6 +709,7 @@ scenario_timeout (const char *name, const char *const *args,
 {
   struct to_thread t[TO_THREADS];
   pthread_barrier_t barrier;
+  _Atomic int64_t go_ms = 0;
   struct server s;
   struct engine *e;
   int64_t t0;
@@ -706,9 +721,10 @@ scenario_timeout (const char *name, const char *const *args,
   pthread_barrier_init (&barrier, NULL, TO_THREADS);
   for (i = 0; i < TO_THREADS; ++i) {
     t[i] = (struct to_thread) {
-      .idx = i, .e = e, .barrier = &barrier, .expect_ok = expect_ok,
+      .idx = i, .e = e, .barrier = &barrier, .go_ms = &go_ms,
+      .expect_ok = expect_ok,
       .bound_ms = expect_ok ? TIMEOUT_MS + grace_ms :
-        TIMEOUT_MS + grace_ms + SLACK_MS,
+        TIMEOUT_MS + grace_ms + slack_ms,
     };
     if (pthread_create (&t[i].tid, NULL, to_run, &t[i]) != 0)
       die ("pthread_create");
@@ -725,7 +741,8 @@ scenario_timeout (const char *name, const char *const *args,
            "engine_server_closed changed its answer");
   t0 = engine_now_ms ();
   engine_close (e, 1000);
-  CHECK (engine_now_ms () - t0 < 500, "engine_close took %" PRId64 " ms",
+  CHECK (engine_now_ms () - t0 < 100 + slack_ms,
+         "engine_close took %" PRId64 " ms",
          engine_now_ms () - t0);
   server_stop (&s, SIGKILL);
   printf ("  %s: %d threads, grace %" PRId64 " ms, server closed: %d\n",
@@ -756,7 +773,7 @@ scenario_close (void)
   t0 = engine_now_ms ();
   engine_close (e, 300);
   took = engine_now_ms () - t0;
-  CHECK (took >= 250 && took <= 300 + 400,
+  CHECK (took >= 250 && took <= 300 + slack_ms,
          "engine_close (300) with the server stopped took %" PRId64 " ms",
          took);
   server_stop (&s, SIGTERM);    /* also resumes it */
@@ -787,6 +804,8 @@ main (void)
   int64_t t0 = engine_now_ms ();
   int i;
 
+  if (getenv ("ENGINE_STRESS_SLACK_MS"))
+    slack_ms = atoll (getenv ("ENGINE_STRESS_SLACK_MS"));
   signal (SIGALRM, on_alarm);
   signal (SIGPIPE, SIG_IGN);
   alarm (WATCHDOG_S);
@@ -811,7 +830,7 @@ main (void)
    * eval plugin's sleep is not cut short by our half-shutdown.
    */
   for (i = 0; i < 3 && wanted ("timeout-grace-answered"); ++i)
-    scenario_timeout ("timeout-grace-answered", answering_server, 2000,
+    scenario_timeout ("timeout-grace-answered", answering_server, 4000,
                       1, -1);
   if (wanted ("close"))
     scenario_close ();
