@@ -85,7 +85,7 @@ endef
 $(eval $(call GO_PLUGIN,$(PLUGIN),cmd/nbdkit-nbd-go-plugin,build/nbd-go))
 $(eval $(call GO_PLUGIN,$(RAMDISK),examples/ramdisk,build/ramdisk))
 
-check: all
+check: all check-engine
 	$(GO) vet ./...
 	$(GO) vet -tags packaging ./tests
 	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd examples tests)" || { gofmt -l nbdkit libnbd plugin cmd examples tests; exit 1; }
@@ -110,6 +110,27 @@ check-packaging: $(PLUGIN)
 # `make check` on Debian 13, in a debootstrap chroot (.ci/check-debian13).
 check-debian13:
 	./.ci/check-debian13
+
+# The command engine (plugin/engine.c) under ThreadSanitizer: a C stress
+# test (tests/engine/stress.c) against real nbdkit servers: many threads
+# on one handle, server errors, the server killed, timeouts, engine_close with the server stopped.  A race TSan sees
+# fails the run (exit status 66), as does any failed check.
+# -Wno-tsan: GCC warns that TSan does not model atomic_thread_fence;
+# every atomic in engine.c is seq_cst, so the accesses themselves carry
+# the ordering TSan checks.  -Wno-unused-parameter: libnbd's callback
+# signatures.  About 15-25 s; ENGINE_STRESS_SLACK_MS (default 2000)
+# widens the time bounds on a loaded machine.
+ENGINE_STRESS = build/engine-stress
+ENGINE_STRESS_CFLAGS = -fsanitize=thread -g -O1 -Wall -Wextra -Wno-tsan \
+	-Wno-unused-parameter -Iplugin $(shell $(PKG_CONFIG) --cflags libnbd)
+$(ENGINE_STRESS): tests/engine/stress.c plugin/engine.c plugin/engine.h
+	@mkdir -p build
+	$(CC) $(ENGINE_STRESS_CFLAGS) -o $@ tests/engine/stress.c plugin/engine.c \
+		$(shell $(PKG_CONFIG) --libs libnbd) -lpthread
+
+check-engine: $(ENGINE_STRESS)
+	TSAN_OPTIONS='halt_on_error=1 exitcode=66 second_deadlock_stack=1' \
+		./$(ENGINE_STRESS)
 
 # A short fuzzing run of the configuration parser (seeds in
 # plugin/testdata/fuzz).
@@ -172,4 +193,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all check check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
+.PHONY: all check check-engine check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck

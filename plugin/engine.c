@@ -305,6 +305,7 @@ issue (struct engine *e, struct cmd *c)
 {
   nbd_completion_callback cb = { .callback = on_complete, .user_data = c };
   struct engine_request *r = c->req;
+  const int op = r->op;         /* c, r may be gone once the call returns */
   const char *msg;
   int64_t cookie;
 
@@ -314,7 +315,7 @@ issue (struct engine *e, struct cmd *c)
     signal_cmd (c, DONE);
     return;
   }
-  switch (r->op) {
+  switch (op) {
   case ENGINE_PREAD:
     cookie = nbd_aio_pread (e->nbd, r->buf, r->count, r->offset, cb,
                             r->flags);
@@ -352,7 +353,7 @@ issue (struct engine *e, struct cmd *c)
     c->refused_msg = msg ? strdup (msg) : NULL;
     signal_cmd (c, DONE);
   }
-  else if (r->op == ENGINE_PWRITE &&
+  else if (op == ENGINE_PWRITE &&
            (nbd_aio_get_direction (e->nbd) & LIBNBD_AIO_DIRECTION_WRITE)) {
     /* libnbd could not send all of the write at once and now waits to
      * write, which a leader already in poll() does not know.  Other

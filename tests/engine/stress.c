@@ -1,0 +1,838 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * A stress test of the command engine (plugin/engine.c), meant to be
+ * built with -fsanitize=thread (make check-engine).  It starts real
+ * nbdkit servers on Unix sockets in a temporary directory and runs:
+ *
+ *  1. mixed:    many threads, mixed commands on one handle, each thread
+ *               verifying what it reads back from its own region; the
+ *               server delays every request and fails some with EIO
+ *               (the error filter): those must be ENGINE_ERROR/EIO and
+ *               the connection must stay up;
+ *  2. kill:     SIGKILL the server while threads run: every command
+ *               ends promptly, CONN_FAILED once the server is gone, the
+ *               engine is dead, engine_server_closed says 1 and
+ *               engine_close is quick;
+ *  3. timeout:  a server slower than timeout_ms: every command fails,
+ *               timed_out, EIO, within the bound, later ones are not
+ *               sent; a server that finishes its requests once it sees
+ *               the end of ours then closes, and engine_server_closed
+ *               says so;
+ *  4. close:    engine_close with the server stopped (SIGSTOP) returns
+ *               within its bound.
+ *
+ * Every loop is bounded in count and time, and alarm() fails a run that
+ * hangs.  The exit status is non-zero if any check failed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <libnbd.h>
+
+#include "engine.h"
+
+#define WATCHDOG_S 170          /* the whole run; make check-engine */
+#define DISK_SIZE (64 << 20)
+#define BLOCK 4096
+
+static atomic_long nr_commands, nr_passed, nr_failed;
+static char tmpdir[] = "/tmp/engine-stress.XXXXXX";
+static const char *scenario = "setup";
+/* What a bound in time allows beyond its value: the machine may be
+ * loaded (shared CI runners, TSan's slowdown).  ENGINE_STRESS_SLACK_MS.
+ */
+static int64_t slack_ms = 2000;
+
+#define CHECK(cond, ...) check ((cond), __FILE__, __LINE__, __VA_ARGS__)
+
+static int
+check (int ok, const char *file, int line, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (ok) {
+    atomic_fetch_add (&nr_passed, 1);
+    return 1;
+  }
+  atomic_fetch_add (&nr_failed, 1);
+  flockfile (stderr);
+  fprintf (stderr, "FAIL [%s] %s:%d: ", scenario, file, line);
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fputc ('\n', stderr);
+  funlockfile (stderr);
+  return 0;
+}
+
+static void
+die (const char *fmt, ...)
+{
+  va_list ap;
+
+  fprintf (stderr, "engine stress: fatal [%s]: ", scenario);
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fputc ('\n', stderr);
+  exit (1);
+}
+
+static void
+on_alarm (int sig)
+{
+  static const char msg[] = "engine stress: FAIL: watchdog: the run hangs\n";
+
+  (void) sig;
+  if (write (2, msg, sizeof msg - 1) == -1) { /* nothing to do */ }
+  _exit (2);                    /* the servers die with us (PDEATHSIG) */
+}
+
+static void
+sleep_ms (int ms)
+{
+  struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+  while (nanosleep (&ts, &ts) == -1 && errno == EINTR)
+    ;
+}
+
+static uint64_t
+rnd (uint64_t *s)               /* xorshift64* */
+{
+  *s ^= *s >> 12;
+  *s ^= *s << 25;
+  *s ^= *s >> 27;
+  return *s * 2685821657736338717ULL;
+}
+
+/* Servers */
+
+struct server {
+  pid_t pid;
+  char sock[256];
+};
+
+/* Start nbdkit -f -U SOCK ARGS... and wait until it accepts a handle;
+ * the connected handle is returned (NULL: it was not wanted).
+ */
+static void
+server_start (struct server *s, const char *name, const char *const *args)
+{
+  const char *argv[32];
+  int i, n = 0;
+
+  snprintf (s->sock, sizeof s->sock, "%s/%s.sock", tmpdir, name);
+  unlink (s->sock);
+  argv[n++] = "nbdkit";
+  argv[n++] = "-f";
+  argv[n++] = "-U";
+  argv[n++] = s->sock;
+  for (i = 0; args[i] && n < 31; ++i)
+    argv[n++] = args[i];
+  argv[n] = NULL;
+  fflush (NULL);
+  s->pid = fork ();
+  if (s->pid == -1)
+    die ("fork: %m");
+  if (s->pid == 0) {
+    /* Its messages (injected errors, aborted delays) go to a log. */
+    char log[300];
+    int fd;
+
+    snprintf (log, sizeof log, "%s/%s.log", tmpdir, name);
+    fd = open (log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0)
+      dup2 (fd, 2);
+    prctl (PR_SET_PDEATHSIG, SIGKILL);
+    execvp ("nbdkit", (char **) argv);
+    _exit (127);
+  }
+}
+
+static struct nbd_handle *
+server_connect (struct server *s)
+{
+  int64_t end = engine_now_ms () + 15000;
+  struct nbd_handle *h;
+  int status;
+
+  for (;;) {
+    if (waitpid (s->pid, &status, WNOHANG) == s->pid)
+      die ("nbdkit (%s) exited with status 0x%x", s->sock, status);
+    h = nbd_create ();
+    if (h == NULL)
+      die ("nbd_create: %s", nbd_get_error ());
+    if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)
+      die ("nbd_add_meta_context: %s", nbd_get_error ());
+    if (access (s->sock, F_OK) == 0 && nbd_connect_unix (h, s->sock) == 0)
+      return h;
+    nbd_close (h);
+    if (engine_now_ms () > end)
+      die ("cannot connect to nbdkit on %s", s->sock);
+    sleep_ms (20);
+  }
+}
+
+static void
+server_stop (struct server *s, int sig)
+{
+  int status;
+
+  if (s->pid <= 0)
+    return;
+  kill (s->pid, sig);
+  kill (s->pid, SIGCONT);
+  if (waitpid (s->pid, &status, 0) != s->pid)
+    die ("waitpid: %m");
+  s->pid = 0;
+  unlink (s->sock);
+}
+
+static struct engine *
+new_engine (struct nbd_handle *h, int64_t timeout_ms)
+{
+  struct engine *e = engine_new (h, timeout_ms);
+
+  if (e == NULL)
+    die ("engine_new: %m");
+  return e;
+}
+
+/* Run one command, counted; the result's message is freed here. */
+static int
+run (struct engine *e, struct engine_request *req, struct engine_result *res)
+{
+  atomic_fetch_add (&nr_commands, 1);
+  engine_command (e, req, res);
+  free (res->msg);
+  res->msg = NULL;
+  return res->outcome;
+}
+
+static const char *
+outcome_name (int o)
+{
+  return o == ENGINE_OK ? "OK" : o == ENGINE_ERROR ? "ERROR" :
+    o == ENGINE_CONN_FAILED ? "CONN_FAILED" : "?";
+}
+
+static const char *
+op_name (int op)
+{
+  static const char *names[] = { "pread", "pwrite", "zero", "trim", "flush",
+                                 "cache", "block_status" };
+  return op >= 0 && op <= ENGINE_BLOCK_STATUS ? names[op] : "?";
+}
+
+/* Scenario 1: mixed commands on a server with delays and errors. */
+
+#define MIX_THREADS 24
+#define MIX_OPS 1500
+#define MIX_SECONDS 60          /* each thread stops early after this */
+
+struct caps { int trim, zero, flush, cache, fua; };
+
+struct mix_thread {
+  pthread_t tid;
+  int idx;
+  struct engine *e;
+  struct caps caps;
+  uint64_t base, size;          /* its region */
+  unsigned char *shadow;        /* what the region holds */
+  unsigned char *valid;         /* per block: shadow is known */
+  long errors_eio, ops;
+};
+
+static void
+mix_invalidate (struct mix_thread *t, uint64_t off, uint64_t len)
+{
+  uint64_t b;
+
+  for (b = off / BLOCK; b < (off + len + BLOCK - 1) / BLOCK; ++b)
+    t->valid[b] = 0;
+}
+
+/* After a modifying command: a success sets the shadow, a failure makes
+ * the range unknown (the server may or may not have applied it).
+ */
+static void
+mix_written (struct mix_thread *t, int ok, uint64_t off, uint64_t len,
+             const void *data)
+{
+  uint64_t b;
+
+  if (!ok || data == NULL) {
+    mix_invalidate (t, off, len);
+    return;
+  }
+  memcpy (t->shadow + off, data, len);
+  /* Only whole blocks become known: a partial block keeps its state,
+   * and its known part is now right too.
+   */
+  for (b = off / BLOCK; b < (off + len + BLOCK - 1) / BLOCK; ++b)
+    if (b * BLOCK >= off && (b + 1) * BLOCK <= off + len)
+      t->valid[b] = 1;
+}
+
+static void
+mix_verify (struct mix_thread *t, const unsigned char *buf, uint64_t off,
+            uint64_t len)
+{
+  uint64_t b, lo, hi;
+
+  for (b = off / BLOCK; b < (off + len + BLOCK - 1) / BLOCK; ++b) {
+    if (!t->valid[b])
+      continue;
+    lo = b * BLOCK > off ? b * BLOCK : off;
+    hi = (b + 1) * BLOCK < off + len ? (b + 1) * BLOCK : off + len;
+    if (!CHECK (memcmp (buf + (lo - off), t->shadow + lo, hi - lo) == 0,
+                "thread %d: read back wrong data at region offset %" PRIu64
+                " (block %" PRIu64 ")", t->idx, lo, b))
+      return;
+  }
+  atomic_fetch_add (&nr_passed, 1);
+}
+
+/* Whether a capability the server lacks explains a refusal. */
+static int
+mix_unsupported (struct mix_thread *t, int op)
+{
+  switch (op) {
+  case ENGINE_TRIM: return !t->caps.trim;
+  case ENGINE_ZERO: return !t->caps.zero;
+  case ENGINE_FLUSH: return !t->caps.flush;
+  case ENGINE_CACHE: return !t->caps.cache;
+  default: return 0;
+  }
+}
+
+static void *
+mix_run (void *arg)
+{
+  struct mix_thread *t = arg;
+  uint64_t seed = 0x9e3779b97f4a7c15ULL * (t->idx + 1);
+  int64_t stop = engine_now_ms () + MIX_SECONDS * 1000;
+  unsigned char *buf = malloc (1 << 20);
+  struct engine_request req;
+  struct engine_result res;
+  uint64_t off, len, i, r;
+  int op, ok;
+
+  if (buf == NULL)
+    die ("malloc");
+  for (t->ops = 0; t->ops < MIX_OPS && engine_now_ms () < stop; ++t->ops) {
+    r = rnd (&seed) % 100;
+    op = r < 30 ? ENGINE_PWRITE : r < 60 ? ENGINE_PREAD : r < 68 ?
+      ENGINE_ZERO : r < 75 ? ENGINE_TRIM : r < 80 ? ENGINE_FLUSH : r < 86 ?
+      ENGINE_CACHE : ENGINE_BLOCK_STATUS;
+    /* Mostly small, sometimes unaligned, a few 1 MiB (more than a Unix
+     * socket buffer: libnbd sends those in pieces).
+     */
+    r = rnd (&seed) % 100;
+    len = r < 3 ? (1 << 20) : r < 20 ? 512 + rnd (&seed) % 70000 :
+      BLOCK * (1 + rnd (&seed) % 16);
+    if (len > t->size)
+      len = t->size;
+    off = rnd (&seed) % (t->size - len + 1);
+    if (rnd (&seed) % 2)
+      off &= ~(uint64_t) (BLOCK - 1);
+    memset (&req, 0, sizeof req);
+    req.op = op;
+    req.count = len;
+    req.offset = t->base + off;
+    switch (op) {
+    case ENGINE_PWRITE:
+      for (i = 0; i < len; i += 8) {
+        uint64_t v = rnd (&seed);
+        memcpy (buf + i, &v, len - i < 8 ? len - i : 8);
+      }
+      req.buf = buf;
+      if (t->caps.fua && rnd (&seed) % 8 == 0)
+        req.flags = LIBNBD_CMD_FLAG_FUA;
+      break;
+    case ENGINE_PREAD:
+      memset (buf, 0xa5, len);
+      req.buf = buf;
+      break;
+    case ENGINE_FLUSH:
+      req.count = req.offset = 0;
+      break;
+    case ENGINE_BLOCK_STATUS:
+      req.context = LIBNBD_CONTEXT_BASE_ALLOCATION;
+      break;
+    }
+
+    run (t->e, &req, &res);
+    ok = res.outcome == ENGINE_OK;
+    if (res.outcome == ENGINE_ERROR && res.errnum == EIO)
+      t->errors_eio++;
+    if (!ok) {
+      /* The error filter's EIO, or libnbd refusing a command the server
+       * does not support (EINVAL); never a failed connection.
+       */
+      CHECK (res.outcome == ENGINE_ERROR &&
+             (res.errnum == EIO ||
+              (res.errnum == EINVAL && mix_unsupported (t, op))),
+             "thread %d: %s: %s errnum %d (%s) on a healthy connection",
+             t->idx, op_name (op), outcome_name (res.outcome), res.errnum,
+             strerror (res.errnum));
+      CHECK (!res.timed_out && !res.not_sent,
+             "thread %d: %s: timed_out %d not_sent %d", t->idx, op_name (op),
+             res.timed_out, res.not_sent);
+    }
+    else
+      CHECK (mix_unsupported (t, op) == 0,
+             "thread %d: %s succeeded but the server does not support it",
+             t->idx, op_name (op));
+
+    switch (op) {
+    case ENGINE_PWRITE: mix_written (t, ok, off, len, buf); break;
+    case ENGINE_ZERO:
+      memset (buf, 0, len);
+      mix_written (t, ok, off, len, buf);
+      break;
+    case ENGINE_TRIM: mix_invalidate (t, off, len); break; /* unspecified */
+    case ENGINE_PREAD:
+      if (ok)
+        mix_verify (t, buf, off, len);
+      break;
+    case ENGINE_BLOCK_STATUS:
+      if (ok) {
+        uint64_t sum = 0;
+        size_t j;
+
+        for (j = 0; j + 1 < req.nr_entries; j += 2)
+          sum += req.entries[j];
+        CHECK (req.nr_entries >= 2 && req.nr_entries % 2 == 0 &&
+               req.entries[0] > 0 && sum > 0,
+               "thread %d: block status: %zu entries, %" PRIu64 " bytes",
+               t->idx, req.nr_entries, sum);
+      }
+      free (req.entries);
+      break;
+    }
+  }
+  free (buf);
+  return NULL;
+}
+
+static void
+scenario_mixed (void)
+{
+  static const char *const args[] = {
+    "--filter=error", "--filter=delay", "memory", "64M",
+    "rdelay=1ms", "wdelay=1ms", "delay-extents=1ms", "delay-cache=1ms",
+    "error=EIO", "error-rate=1%", NULL
+  };
+  struct mix_thread t[MIX_THREADS];
+  struct server s;
+  struct nbd_handle *h;
+  struct engine *e;
+  struct caps caps;
+  uint64_t size = (DISK_SIZE / MIX_THREADS) & ~(uint64_t) (BLOCK - 1);
+  long eio = 0, ops = 0;
+  int i;
+
+  scenario = "mixed";
+  server_start (&s, "mixed", args);
+  h = server_connect (&s);
+  caps.trim = nbd_can_trim (h) == 1;
+  caps.zero = nbd_can_zero (h) == 1;
+  caps.flush = nbd_can_flush (h) == 1;
+  caps.cache = nbd_can_cache (h) == 1;
+  caps.fua = nbd_can_fua (h) == 1;
+  CHECK (nbd_can_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1,
+         "the server does not offer base:allocation");
+  e = new_engine (h, 0);
+  for (i = 0; i < MIX_THREADS; ++i) {
+    t[i] = (struct mix_thread) {
+      .idx = i, .e = e, .caps = caps, .base = i * size, .size = size,
+      .shadow = calloc (1, size), .valid = calloc (1, size / BLOCK),
+    };
+    if (!t[i].shadow || !t[i].valid)
+      die ("calloc");
+    /* The memory plugin starts out zero. */
+    memset (t[i].valid, 1, size / BLOCK);
+    if (pthread_create (&t[i].tid, NULL, mix_run, &t[i]) != 0)
+      die ("pthread_create");
+  }
+  for (i = 0; i < MIX_THREADS; ++i) {
+    pthread_join (t[i].tid, NULL);
+    eio += t[i].errors_eio;
+    ops += t[i].ops;
+    free (t[i].shadow);
+    free (t[i].valid);
+  }
+  CHECK (eio > 0, "no command met the error filter's EIO in %ld commands",
+         ops);
+  CHECK (engine_is_dead (e) == 0, "the connection died");
+  CHECK (engine_server_closed (e, -1) == 0,
+         "engine_server_closed says 1 on a live connection");
+  engine_close (e, 5000);
+  server_stop (&s, SIGTERM);
+  printf ("  mixed: %d threads, %ld commands, %ld server EIO\n",
+          MIX_THREADS, ops, eio);
+}
+
+/* Scenario 2: SIGKILL the server while threads run. */
+
+#define KILL_THREADS 16
+#define KILL_PROMPT_MS (500 + slack_ms) /* a command ends this soon after death */
+
+static atomic_int server_gone;  /* the server has been killed and reaped */
+static _Atomic int64_t gone_ms;
+
+struct kill_thread {
+  pthread_t tid;
+  int idx;
+  struct engine *e;
+  long ops_before, ops_ok_after_failed;
+  int saw_failure;
+};
+
+static void *
+kill_run (void *arg)
+{
+  struct kill_thread *t = arg;
+  uint64_t seed = 0x51ed27a3ULL * (t->idx + 1);
+  uint64_t region = DISK_SIZE / KILL_THREADS;
+  unsigned char *buf = calloc (1, 1 << 20);
+  int64_t stop = engine_now_ms () + 20000, start, end;
+  struct engine_request req;
+  struct engine_result res;
+  int after = 0, gone, op;
+
+  if (buf == NULL)
+    die ("calloc");
+  /* Until the connection fails, then 3 more commands; bounded. */
+  for (long n = 0; n < 200000 && after < 4 && engine_now_ms () < stop; ++n) {
+    op = rnd (&seed) % 3 == 0 ? ENGINE_PWRITE :
+      rnd (&seed) % 5 == 0 ? ENGINE_FLUSH : ENGINE_PREAD;
+    memset (&req, 0, sizeof req);
+    req.op = op;
+    req.buf = buf;
+    req.count = rnd (&seed) % 16 == 0 ? (1 << 20) : BLOCK;
+    req.offset = t->idx * region + (rnd (&seed) % 8) * BLOCK;
+    if (op == ENGINE_FLUSH)
+      req.count = req.offset = 0;
+    gone = atomic_load (&server_gone);
+    start = engine_now_ms ();
+    run (t->e, &req, &res);
+    end = engine_now_ms ();
+
+    if (gone) {
+      CHECK (res.outcome == ENGINE_CONN_FAILED,
+             "thread %d: %s started after the server died ended %s",
+             t->idx, op_name (op), outcome_name (res.outcome));
+    }
+    if (res.outcome == ENGINE_CONN_FAILED) {
+      int64_t g = atomic_load (&gone_ms);
+
+      t->saw_failure = 1;
+      after++;
+      CHECK (!res.timed_out, "thread %d: timed_out without a timeout",
+             t->idx);
+      CHECK (res.errnum != 0, "thread %d: CONN_FAILED with errnum 0", t->idx);
+      /* Once dead, no command waits: it ends soon after the later of
+       * its start and the death.
+       */
+      CHECK (end - (g > start ? g : start) <= KILL_PROMPT_MS,
+             "thread %d: %s took %" PRId64 " ms to fail", t->idx,
+             op_name (op), end - (g > start ? g : start));
+    }
+    else {
+      CHECK (res.outcome == ENGINE_OK,
+             "thread %d: %s ended %s errnum %d", t->idx, op_name (op),
+             outcome_name (res.outcome), res.errnum);
+      if (after)
+        t->ops_ok_after_failed++;
+      else
+        t->ops_before++;
+    }
+  }
+  CHECK (t->saw_failure, "thread %d never saw the connection fail", t->idx);
+  CHECK (t->ops_ok_after_failed == 0,
+         "thread %d: %ld commands succeeded after one saw CONN_FAILED",
+         t->idx, t->ops_ok_after_failed);
+  free (buf);
+  return NULL;
+}
+
+static void
+scenario_kill (int round)
+{
+  static const char *const args[] = {
+    "--filter=delay", "memory", "64M", "rdelay=2ms", "wdelay=2ms", NULL
+  };
+  struct kill_thread t[KILL_THREADS];
+  struct server s;
+  struct engine *e;
+  int64_t t0;
+  long before = 0;
+  int i, status, closed;
+
+  scenario = "kill";
+  atomic_store (&server_gone, 0);
+  atomic_store (&gone_ms, 0);
+  server_start (&s, "kill", args);
+  e = new_engine (server_connect (&s), 0);
+  for (i = 0; i < KILL_THREADS; ++i) {
+    t[i] = (struct kill_thread) { .idx = i, .e = e };
+    if (pthread_create (&t[i].tid, NULL, kill_run, &t[i]) != 0)
+      die ("pthread_create");
+  }
+  sleep_ms (300 + 100 * round);
+  kill (s.pid, SIGKILL);
+  if (waitpid (s.pid, &status, 0) != s.pid)
+    die ("waitpid: %m");
+  s.pid = 0;
+  atomic_store (&gone_ms, engine_now_ms ());
+  atomic_store (&server_gone, 1);
+  for (i = 0; i < KILL_THREADS; ++i) {
+    pthread_join (t[i].tid, NULL);
+    before += t[i].ops_before;
+  }
+  CHECK (before > 0, "no command succeeded before the kill");
+  CHECK (engine_is_dead (e) == 1, "engine_is_dead is not 1 after the kill");
+  closed = engine_server_closed (e, engine_now_ms () + 2000);
+  CHECK (closed == 1, "engine_server_closed is %d after SIGKILL", closed);
+  CHECK (engine_server_closed (e, -1) == 1,
+         "engine_server_closed changed its answer");
+  t0 = engine_now_ms ();
+  engine_close (e, 1000);
+  CHECK (engine_now_ms () - t0 < 100 + slack_ms,
+         "engine_close took %" PRId64 " ms",
+         engine_now_ms () - t0);
+  unlink (s.sock);
+  printf ("  kill #%d: %d threads, %ld commands succeeded before the kill\n",
+          round, KILL_THREADS, before);
+}
+
+/* Scenario 3: timeouts. */
+
+#define TO_THREADS 12
+#define TIMEOUT_MS 200
+
+struct to_thread {
+  pthread_t tid;
+  int idx;
+  struct engine *e;
+  pthread_barrier_t *barrier;
+  _Atomic int64_t *go_ms;       /* when the first thread started */
+  int64_t bound_ms;             /* each command ends within this */
+};
+
+static void *
+to_run (void *arg)
+{
+  struct to_thread *t = arg;
+  unsigned char buf[BLOCK];
+  struct engine_request req = {
+    .op = ENGINE_PREAD, .buf = buf, .count = sizeof buf,
+    .offset = t->idx * (uint64_t) BLOCK,
+  };
+  struct engine_result res;
+  int64_t start, took, first = 0;
+
+  memset (buf, 0xa5, sizeof buf);
+  pthread_barrier_wait (t->barrier);
+  start = engine_now_ms ();
+  atomic_compare_exchange_strong (t->go_ms, &first, start);
+  run (t->e, &req, &res);
+  took = engine_now_ms () - start;
+  if (res.outcome == ENGINE_CONN_FAILED && res.not_sent &&
+      start - atomic_load (t->go_ms) >= TIMEOUT_MS - 5) {
+    /* The machine held this thread back past the others' deadline:
+     * refused, rightly; nothing to check about timing.
+     */
+    CHECK (res.timed_out == 1, "thread %d: refused, not timed out", t->idx);
+    return NULL;
+  }
+  CHECK (took <= t->bound_ms, "thread %d: the read took %" PRId64
+         " ms, bound %" PRId64, t->idx, took, t->bound_ms);
+  CHECK (res.outcome == ENGINE_CONN_FAILED && res.timed_out == 1 &&
+         res.errnum == EIO,
+         "thread %d: ended %s timed_out %d errnum %d, want CONN_FAILED, "
+         "timed out, EIO", t->idx, outcome_name (res.outcome),
+         res.timed_out, res.errnum);
+  /* The first command's deadline ends the connection for all. */
+  CHECK (engine_now_ms () - atomic_load (t->go_ms) >= TIMEOUT_MS - 20,
+         "thread %d: failed %" PRId64 " ms after the first command began, "
+         "before the timeout", t->idx,
+         engine_now_ms () - atomic_load (t->go_ms));
+  /* Nothing is sent after the end. */
+  start = engine_now_ms ();
+  run (t->e, &req, &res);
+  CHECK (res.outcome == ENGINE_CONN_FAILED && res.not_sent == 1,
+         "thread %d: a command after the end ended %s not_sent %d",
+         t->idx, outcome_name (res.outcome), res.not_sent);
+  CHECK (engine_now_ms () - start < 100 + slack_ms,
+         "thread %d: a command after the end took %" PRId64 " ms",
+         t->idx, engine_now_ms () - start);
+  return NULL;
+}
+
+/* args: the server; closed_want: what engine_server_closed must say
+ * within 4 s (-1: either).
+ */
+static void
+scenario_timeout (const char *name, const char *const *args,
+                  int closed_want)
+{
+  struct to_thread t[TO_THREADS];
+  pthread_barrier_t barrier;
+  _Atomic int64_t go_ms = 0;
+  struct server s;
+  struct engine *e;
+  int64_t t0;
+  int i, closed;
+
+  scenario = name;
+  server_start (&s, name, args);
+  e = new_engine (server_connect (&s), TIMEOUT_MS);
+  pthread_barrier_init (&barrier, NULL, TO_THREADS);
+  for (i = 0; i < TO_THREADS; ++i) {
+    t[i] = (struct to_thread) {
+      .idx = i, .e = e, .barrier = &barrier, .go_ms = &go_ms,
+      .bound_ms = TIMEOUT_MS + slack_ms,
+    };
+    if (pthread_create (&t[i].tid, NULL, to_run, &t[i]) != 0)
+      die ("pthread_create");
+  }
+  for (i = 0; i < TO_THREADS; ++i)
+    pthread_join (t[i].tid, NULL);
+  pthread_barrier_destroy (&barrier);
+  CHECK (engine_is_dead (e) == 1, "engine_is_dead is not 1 after a timeout");
+  closed = engine_server_closed (e, engine_now_ms () + 4000);
+  CHECK (closed_want == -1 || closed == closed_want,
+         "engine_server_closed says %d, want %d", closed, closed_want);
+  if (closed == 1)
+    CHECK (engine_server_closed (e, -1) == 1,
+           "engine_server_closed changed its answer");
+  t0 = engine_now_ms ();
+  engine_close (e, 1000);
+  CHECK (engine_now_ms () - t0 < 100 + slack_ms,
+         "engine_close took %" PRId64 " ms",
+         engine_now_ms () - t0);
+  server_stop (&s, SIGKILL);
+  printf ("  %s: %d threads, server closed: %d\n",
+          name, TO_THREADS, closed);
+}
+
+/* Scenario 4: engine_close with the server stopped. */
+static void
+scenario_close (void)
+{
+  static const char *const args[] = { "memory", "64M", NULL };
+  unsigned char buf[BLOCK] = { 0 };
+  struct engine_request req = {
+    .op = ENGINE_PWRITE, .buf = buf, .count = sizeof buf,
+  };
+  struct engine_result res;
+  struct server s;
+  struct engine *e;
+  int64_t t0, took;
+
+  scenario = "close";
+  server_start (&s, "close", args);
+  e = new_engine (server_connect (&s), 0);
+  CHECK (run (e, &req, &res) == ENGINE_OK, "a write ended %s",
+         outcome_name (res.outcome));
+  kill (s.pid, SIGSTOP);
+  sleep_ms (50);
+  t0 = engine_now_ms ();
+  engine_close (e, 300);
+  took = engine_now_ms () - t0;
+  CHECK (took >= 250 && took <= 300 + slack_ms,
+         "engine_close (300) with the server stopped took %" PRId64 " ms",
+         took);
+  server_stop (&s, SIGTERM);    /* also resumes it */
+  printf ("  close: engine_close (300) with the server stopped: %" PRId64
+          " ms\n", took);
+}
+
+static const char *const slow_server[] = {
+  "--filter=delay", "memory", "64M", "delay-read=2", NULL
+};
+static const char *const answering_server[] = {
+  "eval", "get_size=echo 64M", "thread_model=echo parallel",
+  "pread=sleep 0.5; head -c $3 /dev/zero", NULL
+};
+
+/* ENGINE_STRESS_ONLY=PREFIX runs only the scenarios named so. */
+static int
+wanted (const char *name)
+{
+  const char *only = getenv ("ENGINE_STRESS_ONLY");
+
+  return only == NULL || strncmp (name, only, strlen (only)) == 0;
+}
+
+int
+main (void)
+{
+  int64_t t0 = engine_now_ms ();
+  int i;
+
+  if (getenv ("ENGINE_STRESS_SLACK_MS"))
+    slack_ms = atoll (getenv ("ENGINE_STRESS_SLACK_MS"));
+  signal (SIGALRM, on_alarm);
+  signal (SIGPIPE, SIG_IGN);
+  alarm (WATCHDOG_S);
+  setvbuf (stdout, NULL, _IOLBF, 0);
+  if (mkdtemp (tmpdir) == NULL)
+    die ("mkdtemp: %m");
+
+  if (wanted ("mixed"))
+    scenario_mixed ();
+  for (i = 0; i < 3 && wanted ("kill"); ++i)
+    scenario_kill (i);
+  /* The read waits 2 s, the connection ends at 200 ms.  (The delay
+   * filter's sleeps end early, with an error, when it sees the end of
+   * our requests, and the server may then close or not.)
+   */
+  if (wanted ("timeout-slow"))
+    scenario_timeout ("timeout-slow", slow_server, -1);
+  /* The server answers in 0.5 s; after the end at 200 ms it finishes
+   * its requests and closes, which engine_server_closed sees.
+   */
+  for (i = 0; i < 3 && wanted ("timeout-closes"); ++i)
+    scenario_timeout ("timeout-closes", answering_server, 1);
+  if (wanted ("close"))
+    scenario_close ();
+
+  /* The servers' logs are kept when something failed. */
+  if (atomic_load (&nr_failed) == 0) {
+    static const char *const names[] = {
+      "mixed", "kill", "timeout-slow", "timeout-closes", "close",
+    };
+    char path[300];
+
+    for (i = 0; i < (int) (sizeof names / sizeof names[0]); ++i) {
+      snprintf (path, sizeof path, "%s/%s.log", tmpdir, names[i]);
+      unlink (path);
+    }
+    rmdir (tmpdir);
+  }
+  else
+    fprintf (stderr, "engine stress: the servers' logs are in %s\n", tmpdir);
+  printf ("engine stress: %ld commands, %ld passed checks, %ld failed "
+          "(%.1f s)\n", atomic_load (&nr_commands), atomic_load (&nr_passed),
+          atomic_load (&nr_failed), (engine_now_ms () - t0) / 1000.0);
+  return atomic_load (&nr_failed) ? 1 : 0;
+}
