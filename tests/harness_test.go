@@ -254,6 +254,9 @@ func (p *proc) launch() {
 	}
 	cmd.ExtraFiles = p.o.extra
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.o.stdin, p.o.stdout, p.stderr
+	// A child it leaves behind (qemu-nbd, a shell's sleep) may hold
+	// stderr open: do not wait for that once the process has exited.
+	cmd.WaitDelay = 2 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
