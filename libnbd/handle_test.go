@@ -11,7 +11,9 @@ import (
 )
 
 // server runs a real nbdkit (plugin and arguments as given) on a Unix
-// socket for the length of the test.
+// socket for the length of the test, or skips the test without nbdkit.
+// (tests/harness_test.go's proc is the suite's way; this package keeps
+// its own few lines.)
 func server(t *testing.T, args ...string) (sock string, stop func()) {
 	t.Helper()
 	if _, err := exec.LookPath("nbdkit"); err != nil {

@@ -5,6 +5,7 @@ package nbdkit
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -64,5 +65,16 @@ func TestHelpersOutsideNbdkit(t *testing.T) {
 	}
 	if DebugFlag("verbose") != 0 {
 		t.Error("no debug flag is set outside nbdkit")
+	}
+	// AbsolutePath follows nbdkit's rule in Go: as it is, or appended to
+	// the working directory uncleaned; empty is an error.
+	wd, _ := os.Getwd()
+	for in, want := range map[string]string{"/a/../b": "/a/../b", "x/../s": wd + "/x/../s", "k": wd + "/k"} {
+		if got, err := AbsolutePath(in); err != nil || got != want {
+			t.Errorf("AbsolutePath(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := AbsolutePath(""); err == nil {
+		t.Error("AbsolutePath accepts an empty path")
 	}
 }

@@ -14,6 +14,8 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"syscall"
 	"unsafe"
 )
@@ -100,8 +102,12 @@ func ParseSize(s string) (int64, error) {
 }
 
 // AbsolutePath makes path absolute against nbdkit's working directory at
-// start-up (nbdkit_absolute_path).
+// start-up (nbdkit_absolute_path).  Outside nbdkit (a test binary) it
+// does the same in Go.
 func AbsolutePath(path string) (string, error) {
+	if C.host_present() == 0 {
+		return absolutePathGo(path)
+	}
 	cs, free := cstring(path)
 	defer free()
 	r := C.host_absolute_path(cs)
@@ -110,6 +116,24 @@ func AbsolutePath(path string) (string, error) {
 	}
 	defer C.free(unsafe.Pointer(r))
 	return C.GoString(r), nil
+}
+
+// absolutePathGo is nbdkit_absolute_path's rule (nbdkit 1.32,
+// server/public.c): an absolute path as it is, a relative one appended to
+// the current directory with a "/", not cleaned (socket=x/../s stays as
+// long as nbdkit makes it, which matters for the socket length check).
+func absolutePathGo(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("cannot convert null or empty path to an absolute path")
+	}
+	if strings.HasPrefix(path, "/") {
+		return path, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return wd + "/" + path, nil
 }
 
 // ExportName is the export name the client asked for.  Call it only from

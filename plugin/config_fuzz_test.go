@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -10,43 +9,15 @@ import (
 	"nbdkit-nbd-go-plugin/libnbd"
 )
 
-// pathKeys are the keys whose values nbdkit.AbsolutePath resolves, which
-// needs nbdkit (outside it the host table is nil and every path fails).
-var pathKeys = map[string]bool{"socket": true, "tls-certificates": true, "tls-psk": true}
-
-// fuzzConfigKey is configKey for the fuzzer: path keys get what
-// nbdkit.AbsolutePath would give them (made absolute against "/cwd"),
-// with configKey's own checks; every other key goes to configKey.
-func fuzzConfigKey(key, value string) error {
-	if !pathKeys[key] || value == "" {
-		return configKey(key, value)
-	}
-	abs := value
-	if !strings.HasPrefix(abs, "/") {
-		abs = "/cwd/" + abs
-	}
-	switch key {
-	case "socket":
-		if len(abs) > sunPathMax {
-			// configKey's length check, which runs after AbsolutePath.
-			return fmt.Errorf("socket=%s: path too long (the fuzzer's stand-in)", value)
-		}
-		cfg.socket = abs
-	case "tls-certificates":
-		cfg.tlsCertificates = abs
-	case "tls-psk":
-		cfg.tlsPSK = abs
-	}
-	return nil
-}
-
 // FuzzConfig feeds nbdkit's way of configuring (key=value, one per
 // line; a line without = is the magic uri key) to configKey and
-// configComplete.  Neither may panic; every message is one line naming
-// its key; an accepted configuration has exactly one server and
-// consistent settings.
+// configComplete, the real ones: outside nbdkit, nbdkit.AbsolutePath
+// makes paths absolute in Go by nbdkit's rule.  Neither may panic; every
+// message is one line naming its key; an accepted configuration has
+// exactly one server and consistent settings.
 //
-// go test -run XXX -fuzz FuzzConfig -fuzztime 10s ./plugin
+// make fuzz runs it for a while; go test runs the seeds (below and in
+// testdata/fuzz).
 func FuzzConfig(f *testing.F) {
 	for _, s := range []string{
 		"socket=/tmp/s",
@@ -69,7 +40,7 @@ func FuzzConfig(f *testing.F) {
 			if !ok {
 				key, value = "uri", line
 			}
-			if err := fuzzConfigKey(key, value); err != nil {
+			if err := configKey(key, value); err != nil {
 				checkMessage(t, key+"="+value, err, key)
 				return // nbdkit stops at the first error
 			}

@@ -8,11 +8,9 @@ package tests
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -50,6 +48,7 @@ h.shutdown()
 //
 //	nbdkit --tls=require nbd-go socket=/tmp/oldserver.sock
 func TestExampleOldstyleToEncryptedNewstyle(t *testing.T) {
+	need(t, "psktool", "nbdkit-memory-plugin", pythonNbd, "nbdcopy", "nbdinfo")
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "keys.psk")
 	run(t, "psktool", "-u", "alice", "-p", keys)
@@ -92,45 +91,12 @@ print(h.get_protocol())
 	sameBytes(t, "read over TLS", got, data)
 
 	// Clients without TLS, or with the wrong key, are refused.
-	if o, err := runErr("nbdinfo", "nbd://127.0.0.1:"+port); err == nil {
+	if o, err := runErr(t, "nbdinfo", "nbd://127.0.0.1:"+port); err == nil {
 		t.Errorf("a client without TLS was served: %q", o)
 	}
-	if o, err := runErr("/usr/bin/python3", "-c", exampleTLSClient, wrongKeys, "alice", port, "read", out); err == nil {
+	if o, err := runErr(t, python3, "-c", exampleTLSClient, wrongKeys, "alice", port, "read", out); err == nil {
 		t.Errorf("a client with the wrong key was served: %q", o)
 	}
-}
-
-// stoppableNbdkit runs nbdkit -f -U SOCK args... and returns the socket
-// and a function that stops nbdkit (SIGTERM) and waits for it to exit.
-func stoppableNbdkit(t *testing.T, args ...string) (string, func()) {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command("nbdkit", append([]string{"-f", "-U", sock}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Errorf("nbdkit did not exit 10 s after SIGTERM")
-		}
-	}
-	t.Cleanup(func() {
-		stop()
-		if t.Failed() && stderr.Len() > 0 {
-			t.Logf("nbdkit %s stderr:\n%s", strings.Join(args, " "), stderr.String())
-		}
-	})
-	waitSocket(t, sock)
-	return sock, stop
 }
 
 // qcow2Raw returns the guest-visible bytes of a qcow2 image.
@@ -151,6 +117,7 @@ func qcow2Raw(t *testing.T, image string) []byte {
 //
 // "qemu-nbd stops when nbdkit exits."
 func TestExampleQcow2WithQemuNbd(t *testing.T) {
+	need(t, "qemu-img", "qemu-io", "qemu-nbd", pythonNbd, "nbdcopy")
 	image := filepath.Join(t.TempDir(), "image.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", image, "4M")
 	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 64k", "-c", "write -P 0xcd 1M 64k", image)
@@ -158,7 +125,8 @@ func TestExampleQcow2WithQemuNbd(t *testing.T) {
 	copy(want[0:64<<10], bytes.Repeat([]byte{0xab}, 64<<10))
 	copy(want[1<<20:1<<20+64<<10], bytes.Repeat([]byte{0xcd}, 64<<10))
 
-	sock, stop := stoppableNbdkit(t, plugin, "command=qemu-nbd", "arg=-f", "arg=qcow2", "arg="+image)
+	nbdkit := start(t, procOpts{}, plugin, "command=qemu-nbd", "arg=-f", "arg=qcow2", "arg="+image)
+	sock := nbdkit.sock
 	got := readAll(t, unixURI(sock))
 	if len(got) != len(want) {
 		t.Fatalf("qcow2 through nbdkit: %d bytes, want %d", len(got), len(want))
@@ -177,16 +145,18 @@ h.shutdown()
 	copy(want[2<<20:2<<20+64<<10], bytes.Repeat([]byte{0x5a}, 64<<10))
 
 	// While nbdkit runs, qemu-nbd holds the image's write lock.
-	if _, err := runErr("qemu-io", "-f", "qcow2", "-c", "read 0 512", image); err == nil || !strings.Contains(err.Error(), "lock") {
+	if _, err := runErr(t, "qemu-io", "-f", "qcow2", "-c", "read 0 512", image); err == nil || !strings.Contains(err.Error(), "lock") {
 		t.Fatalf("qemu-io opened the image while nbdkit served it (no qemu-nbd?): %v", err)
 	}
-	stop()
+	if err := nbdkit.stop(10 * time.Second); err != nil {
+		t.Error(err)
+	}
 
 	// qemu-nbd has gone with nbdkit: it no longer holds the lock, so
 	// qemu-io can open the image for writing.
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		_, err := runErr("qemu-io", "-f", "qcow2", "-c", "read 0 512", image)
+		_, err := runErr(t, "qemu-io", "-f", "qcow2", "-c", "read 0 512", image)
 		if err == nil {
 			break
 		}
@@ -204,6 +174,7 @@ h.shutdown()
 //	       command=qemu-nbd arg=-f arg=qcow2 arg=/path/to/image.qcow2 \
 //	       partition=1
 func TestExamplePartitionFilterOnQemuNbd(t *testing.T) {
+	need(t, "nbdkit-partitioning-plugin", "nbdkit-partition-filter", "qemu-img", "qemu-nbd", "nbdcopy")
 	part1, data1 := randomFile(t, 1<<20)
 	part2, data2 := randomFile(t, 512<<10)
 	// An MBR-partitioned disk of the two files, saved as qcow2.
@@ -233,6 +204,7 @@ func TestExamplePartitionFilterOnQemuNbd(t *testing.T) {
 //	nbdkit -o --tls=off nbd-go hostname=example.com export=foo tls=require \
 //	       --run '/path/to/oldclient --socket=$unixsocket'
 func TestExampleEncryptedNewstyleToOldstyleClient(t *testing.T) {
+	need(t, "psktool", "nbdkit-file-plugin", pythonNbd)
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "keys.psk")
 	run(t, "psktool", "-u", "alice", "-p", keys)
@@ -274,7 +246,7 @@ h.shutdown()
 	run(t, "nbdkit", "-o", "--tls=off", "-U", "-", plugin,
 		"hostname=127.0.0.1", "port="+port, "export=foo", "tls=require",
 		"tls-psk="+keys, "tls-username=alice",
-		"--run", "/usr/bin/python3 "+client+" --socket=$unixsocket "+out)
+		"--run", python3+" "+client+" --socket=$unixsocket "+out)
 	got, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -286,9 +258,9 @@ h.shutdown()
 
 	// Without the key the proxy cannot reach the server, and the
 	// client gets nothing.
-	if o, err := runErr("nbdkit", "-o", "--tls=off", "-U", "-", plugin,
+	if o, err := runErr(t, "nbdkit", "-o", "--tls=off", "-U", "-", plugin,
 		"hostname=127.0.0.1", "port="+port, "export=foo", "tls=require",
-		"--run", "/usr/bin/python3 "+client+" --socket=$unixsocket "+out+".2"); err == nil {
+		"--run", python3+" "+client+" --socket=$unixsocket "+out+".2"); err == nil {
 		t.Errorf("without a TLS key the oldstyle client was served: %q", o)
 	}
 }

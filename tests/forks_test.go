@@ -41,6 +41,7 @@ func checkWhereGoStarted(t *testing.T, stderr string, wantInProcess bool) {
 }
 
 func TestGoStartsInProcessWhenNbdkitWillNotFork(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdinfo")
 	server := startServer(t, "memory", "32M")
 	optss := [][]string{
 		{"-f"}, {"-fv"}, {"--foreground"}, {"--fore"}, {"--no-fork"},
@@ -68,23 +69,18 @@ func TestGoStartsInProcessWhenNbdkitWillNotFork(t *testing.T) {
 func serveForeground(t *testing.T, nbdkit, server string, opts ...string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "proxy.sock")
-	args := append([]string{"-v", "-U", sock}, opts...)
-	args = append(args, plugin, "socket="+server)
-	cmd := exec.Command(nbdkit, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	args := append(append([]string{"-v", "-U", sock}, opts...), plugin, "socket="+server)
+	// bare: no -f of the harness's, the options say it.
+	o := procOpts{bare: true, sock: sock}
+	if nbdkit != "nbdkit" {
+		o = procOpts{prog: nbdkit, sock: sock}
 	}
-	defer cmd.Wait()
-	defer cmd.Process.Kill()
-	waitSocket(t, sock)
+	p := start(t, o, args...)
 	if got := sizeThrough(t, unixURI(sock)); got != size32M {
 		t.Fatalf("size %q, want %s", got, size32M)
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	return stderr.String()
+	p.kill()
+	return p.stderr.String()
 }
 
 // nbdkitVersion is `nbdkit --version`'s version ("1.32.5").
@@ -144,6 +140,7 @@ func TestGoStartsInCheckChildUnderUnknownNbdkit(t *testing.T) {
 // --run forks, wherever it is on the command line and however it is
 // spelt, even with -f.
 func TestGoStartsInCheckChildUnderRun(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdinfo")
 	server := startServer(t, "memory", "32M")
 	cmd := `nbdinfo --size "$uri"`
 	for name, args := range map[string][]string{
@@ -153,18 +150,14 @@ func TestGoStartsInCheckChildUnderRun(t *testing.T) {
 		"--run=":                 {"--run=" + cmd, "-f", plugin, "socket=" + server},
 	} {
 		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			c := exec.CommandContext(ctx, "nbdkit", append([]string{"-v", "-U", "-"}, args...)...)
-			var stdout, stderr bytes.Buffer
-			c.Stdout, c.Stderr = &stdout, &stderr
-			if err := c.Run(); err != nil {
-				t.Fatalf("nbdkit: %v (a hang ends in a kill after 30 s)\n%s", err, stderr.String())
+			stdout, stderr, err := runOut(t, "nbdkit", append([]string{"-v", "-U", "-"}, args...)...)
+			if err != nil {
+				t.Fatalf("nbdkit: %v (a hang ends in a kill after 2 min)\n%s", err, stderr)
 			}
-			if got := strings.TrimSpace(stdout.String()); got != size32M {
+			if got := strings.TrimSpace(stdout); got != size32M {
 				t.Fatalf("--run printed %q", got)
 			}
-			checkWhereGoStarted(t, stderr.String(), false)
+			checkWhereGoStarted(t, stderr, false)
 		})
 	}
 }
@@ -172,6 +165,7 @@ func TestGoStartsInCheckChildUnderRun(t *testing.T) {
 // Without -f nbdkit forks into the background; "-e -f" names an export
 // "-f", it does not ask for the foreground.
 func TestGoStartsInCheckChildInDaemonMode(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdinfo")
 	server := startServer(t, "memory", "32M")
 	for name, opts := range map[string][]string{
 		"no -f":        nil,
@@ -180,33 +174,12 @@ func TestGoStartsInCheckChildInDaemonMode(t *testing.T) {
 		"value is -f":  {"-D", "nbd-go.verbose=0", "-e", "-f"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			sock := filepath.Join(dir, "proxy.sock")
-			pidFile := filepath.Join(dir, "proxy.pid")
-			args := append([]string{"-v", "-U", sock, "-P", pidFile}, opts...)
-			args = append(args, plugin, "socket="+server)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			c := exec.CommandContext(ctx, "nbdkit", args...)
-			// A file, not a pipe: with -v the daemon keeps stderr open,
-			// and Run would wait for it to end.
-			logFile, err := os.Create(filepath.Join(dir, "stderr"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer logFile.Close()
-			c.Stderr = logFile
-			if err := c.Run(); err != nil {
-				b, _ := os.ReadFile(logFile.Name())
-				t.Fatalf("nbdkit: %v\n%s", err, b)
-			}
-			waitSocket(t, sock)
-			daemonPid(t, pidFile)
-			if got := sizeThrough(t, unixURI(sock)); got != size32M {
+			// -v: the daemon's messages too go to its stderr file.
+			d := daemonize(t, append(append([]string{"-v"}, opts...), plugin, "socket="+server)...)
+			if got := sizeThrough(t, unixURI(d.sock)); got != size32M {
 				t.Fatalf("size %q", got)
 			}
-			b, _ := os.ReadFile(logFile.Name())
-			checkWhereGoStarted(t, string(b), false)
+			checkWhereGoStarted(t, d.log(), false)
 		})
 	}
 }

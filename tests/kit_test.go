@@ -7,14 +7,10 @@ package tests
 // in every nbdkit mode and refuses a bad configuration before serving.
 
 import (
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 )
 
 // ramdisk is the built example plugin, made absolute.
@@ -36,6 +32,7 @@ func writeReadBack(t *testing.T, uri string) {
 }
 
 func TestKitRamdiskForeground(t *testing.T) {
+	need(t, "nbdinfo", "nbdcopy")
 	sock := startNbdkit(t, ramdisk, "size=64M")
 	uri := unixURI(sock)
 	if got := sizeThrough(t, uri); got != "67108864" {
@@ -55,22 +52,14 @@ func TestKitRamdiskForeground(t *testing.T) {
 }
 
 func TestKitRamdiskDaemon(t *testing.T) {
-	dir := t.TempDir()
-	sock, pidFile := filepath.Join(dir, "rd.sock"), filepath.Join(dir, "rd.pid")
-	run(t, "nbdkit", "-U", sock, "-P", pidFile, ramdisk, "size=16M")
-	waitSocket(t, sock)
-	pid := daemonPid(t, pidFile)
-	writeReadBack(t, unixURI(sock))
-	syscall.Kill(pid, syscall.SIGTERM)
-	for deadline := time.Now().Add(2 * time.Second); alive(pid) && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if alive(pid) {
-		t.Fatalf("nbdkit (pid %d) still runs 2 s after SIGTERM", pid)
-	}
+	need(t, "nbdcopy")
+	d := daemonize(t, ramdisk, "size=16M")
+	writeReadBack(t, unixURI(d.sock))
+	d.stop(t)
 }
 
 func TestKitRamdiskRun(t *testing.T) {
+	need(t, "nbdcopy")
 	path, data := randomFile(t, 4<<20)
 	out := filepath.Join(t.TempDir(), "out")
 	run(t, "nbdkit", "-U", "-", ramdisk, "size=16M",
@@ -83,6 +72,7 @@ func TestKitRamdiskRun(t *testing.T) {
 }
 
 func TestKitRamdiskStdio(t *testing.T) {
+	need(t, pythonNbd)
 	out := python(t, `
 import nbd, sys, os
 h = nbd.NBD()
@@ -107,26 +97,16 @@ print("ok")
 // systemd-socket-activate listens, then starts nbdkit at the first
 // connection with the socket in LISTEN_FDS; nbdkit keeps serving it.
 func TestKitRamdiskSocketActivation(t *testing.T) {
+	need(t, "systemd-socket-activate", "nbdcopy")
 	sock := filepath.Join(t.TempDir(), "rd.sock")
-	spawnActivated(t, sock, "nbdkit", ramdisk, "size=16M")
-	waitSocket(t, sock)
+	start(t, procOpts{prog: "systemd-socket-activate", sock: sock}, "-l", sock, "nbdkit", ramdisk, "size=16M")
 	writeReadBack(t, unixURI(sock))
-}
-
-// spawnActivated runs a command under systemd-socket-activate on sock,
-// and kills it at the end of the test.
-func spawnActivated(t *testing.T, sock string, command ...string) {
-	t.Helper()
-	cmd := exec.Command("systemd-socket-activate", append([]string{"-l", sock}, command...)...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 }
 
 // A missing or bad size: exit status 1 and one line, before nbdkit
 // listens or detaches, in every mode.
 func TestKitRamdiskConfigErrors(t *testing.T) {
+	need(t, "nbdkit")
 	for _, c := range []struct {
 		params []string
 		want   string
@@ -138,29 +118,7 @@ func TestKitRamdiskConfigErrors(t *testing.T) {
 		{[]string{"size=1M", "bogus=1"}, "bogus=1"},
 	} {
 		for _, mode := range [][]string{nil, {"-f"}, {"--run", "true"}, {"-s"}} {
-			dir := t.TempDir()
-			sock, pidFile := filepath.Join(dir, "s"), filepath.Join(dir, "p")
-			args := []string{"-P", pidFile}
-			if mode == nil || mode[0] != "-s" {
-				args = append(args, "-U", sock)
-			}
-			args = append(append(append(args, mode...), ramdisk), c.params...)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			cmd := exec.CommandContext(ctx, "nbdkit", args...)
-			out, err := cmd.CombinedOutput()
-			cancel()
-			msg := strings.TrimSpace(string(out))
-			if code := cmd.ProcessState.ExitCode(); code != 1 {
-				t.Errorf("%v %v: exit status %d (%v), want 1: %s", mode, c.params, code, err, msg)
-			}
-			if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, c.want) {
-				t.Errorf("%v %v: want one line mentioning %q, got %q", mode, c.params, c.want, msg)
-			}
-			for _, f := range []string{sock, pidFile} {
-				if _, err := os.Stat(f); err == nil {
-					t.Errorf("%v %v: %s left behind", mode, c.params, f)
-				}
-			}
+			refusedBeforeServing(t, mode, ramdisk, c.params, c.want)
 		}
 	}
 }

@@ -1,82 +1,23 @@
 package tests
 
 import (
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 )
 
-// copyThrough writes random data through the proxy and checks it reads
-// back the same through the proxy and through the server directly.
-func copyThrough(t *testing.T, proxyURI, serverURI string, size int) {
-	t.Helper()
-	path, data := randomFile(t, size)
-	run(t, "nbdcopy", path, proxyURI)
-	sameBytes(t, "read through the proxy", readAll(t, proxyURI), data)
-	sameBytes(t, "read from the server", readAll(t, serverURI), data)
-}
-
-// daemonize starts the proxy the way most people run nbdkit: no -f, so
-// nbdkit forks into the background after config_complete.
-func daemonize(t *testing.T, params ...string) (sock string, pid int) {
-	t.Helper()
-	dir := t.TempDir()
-	sock = filepath.Join(dir, "proxy.sock")
-	pidFile := filepath.Join(dir, "proxy.pid")
-	run(t, "nbdkit", append([]string{"-U", sock, "-P", pidFile, plugin}, params...)...)
-	waitSocket(t, sock)
-	return sock, daemonPid(t, pidFile)
-}
-
-// daemonPid reads the pid file of an nbdkit that went into the
-// background, and kills that process at the end of the test.  The
-// forked child writes the file, maybe after it listens.
-func daemonPid(t *testing.T, pidFile string) int {
-	t.Helper()
-	var b []byte
-	var err error
-	for i := 0; i < 500; i++ {
-		if b, err = os.ReadFile(pidFile); err == nil && len(b) > 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-	return pid
-}
-
-func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
-
 func TestDaemonMode(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdcopy")
 	server := startServer(t, "memory", "32M")
-	sock, pid := daemonize(t, "socket="+server)
-	copyThrough(t, unixURI(sock), unixURI(server), 8<<20)
-
+	d := daemonize(t, plugin, "socket="+server)
+	copyThrough(t, unixURI(d.sock), unixURI(server), 8<<20)
 	// SIGTERM ends it promptly: no thread of ours keeps it alive.
-	syscall.Kill(pid, syscall.SIGTERM)
-	deadline := time.Now().Add(2 * time.Second)
-	for alive(pid) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if alive(pid) {
-		t.Fatalf("nbdkit (pid %d) still runs 2 s after SIGTERM", pid)
-	}
+	d.stop(t)
 }
 
 func TestForegroundMode(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdcopy")
 	server := startServer(t, "memory", "32M")
 	proxy := startProxy(t, "socket="+server)
 	copyThrough(t, unixURI(proxy), unixURI(server), 8<<20)
@@ -84,6 +25,7 @@ func TestForegroundMode(t *testing.T) {
 
 // --run forks even with -f: the command runs while the server serves.
 func TestRunMode(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdcopy")
 	server := startServer(t, "memory", "32M")
 	path, data := randomFile(t, 4<<20)
 	out := filepath.Join(t.TempDir(), "out")
@@ -99,6 +41,7 @@ func TestRunMode(t *testing.T) {
 
 // -s serves one client on stdin/stdout.
 func TestStdioMode(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", pythonNbd)
 	server := startServer(t, "memory", "32M")
 	out := python(t, `
 import nbd, sys, os
@@ -122,6 +65,7 @@ print("ok")
 // Systemd socket activation: nbdcopy's [ CMD ] hands nbdkit a listening
 // socket through LISTEN_FDS.
 func TestSocketActivation(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdcopy")
 	server := startServer(t, "memory", "32M")
 	path, data := randomFile(t, 4<<20)
 	run(t, "nbdcopy", path, "--", "[", "nbdkit", plugin, "socket="+server, "]")
@@ -134,6 +78,7 @@ func TestSocketActivation(t *testing.T) {
 
 // Many requests in flight on each of several connections.
 func TestManyRequestsInFlight(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdcopy")
 	server := startServer(t, "memory", "256M")
 	proxy := startProxy(t, "socket="+server)
 	path, data := randomFile(t, 128<<20)
@@ -146,6 +91,7 @@ func TestManyRequestsInFlight(t *testing.T) {
 }
 
 func TestDumpPlugin(t *testing.T) {
+	need(t, "nbdkit")
 	out := run(t, "nbdkit", "--dump-plugin", plugin)
 	for _, want := range []string{"name=nbd-go", "thread_model=parallel", "has_pread=1", "has_pwrite=1",
 		"has_extents=1", "has_cache=1", "has_can_fast_zero=1", "has_block_size=1", "magic_config_key=uri",
@@ -161,53 +107,13 @@ func TestDumpPlugin(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
+	need(t, "nbdkit")
 	out := run(t, "nbdkit", plugin, "--help")
 	for _, key := range []string{"socket=", "hostname=", "port=", "vsock=", "uri=", "command=", "arg=",
 		"socket-fd=", "export=", "dynamic-export=", "retry=", "shared=", "tls=", "tls-certificates=",
 		"tls-verify=", "tls-username=", "tls-psk="} {
 		if !strings.Contains(out, key) {
 			t.Errorf("--help does not mention %s", key)
-		}
-	}
-}
-
-// Bad configuration: a message and a non-zero exit before nbdkit
-// daemonizes, leaving no pid file and no socket behind.
-func TestConfigErrorsBeforeServing(t *testing.T) {
-	server := startServer(t, "memory", "1M")
-	for _, c := range []struct {
-		params []string
-		want   string
-	}{
-		{nil, "no server given"},
-		{[]string{"socket=" + server, "retry=abc"}, "retry"},
-		{[]string{"socket=" + server, "shared=maybe"}, "shared=maybe"},
-		{[]string{"socket=" + server, "bogus=1"}, "bogus=1"},
-	} {
-		// Daemon mode checks in a child process; -f in nbdkit's own.
-		for _, mode := range [][]string{nil, {"-f"}} {
-			dir := t.TempDir()
-			sock, pidFile := filepath.Join(dir, "s"), filepath.Join(dir, "p")
-			args := append(append([]string{"-U", sock, "-P", pidFile}, mode...), plugin)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			cmd := exec.CommandContext(ctx, "nbdkit", append(args, c.params...)...)
-			out, err := cmd.CombinedOutput()
-			cancel()
-			if err == nil {
-				t.Errorf("%v %v: nbdkit exited 0", mode, c.params)
-				continue
-			}
-			if !strings.Contains(string(out), c.want) {
-				t.Errorf("%v: message %q does not mention %q", c.params, out, c.want)
-			}
-			if strings.Contains(string(out), "goroutine") || strings.Contains(string(out), "panic") {
-				t.Errorf("%v: a Go panic: %s", c.params, out)
-			}
-			for _, f := range []string{sock, pidFile} {
-				if _, err := os.Stat(f); err == nil {
-					t.Errorf("%v %v: %s left behind", mode, c.params, f)
-				}
-			}
 		}
 	}
 }

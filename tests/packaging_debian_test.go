@@ -79,7 +79,7 @@ func TestDebianPackage(t *testing.T) {
 	if len(changes) != 1 || len(debs) != 1 {
 		t.Fatalf("want one .changes and one .deb, got %v %v", changes, debs)
 	}
-	lint, err := runErr("lintian", "--pedantic", changes[0])
+	lint, err := runErr(t, "lintian", "--pedantic", changes[0])
 	t.Logf("lintian --pedantic:\n%s", lint)
 	if err != nil || strings.TrimSpace(lint) != "" {
 		t.Errorf("lintian --pedantic is not clean (%v)", err)

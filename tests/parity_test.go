@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -221,6 +220,7 @@ func observe(t *testing.T, uri string) observation {
 // before any probe wrote to it.
 func compareBackend(t *testing.T, serverArgs, opts, params []string) (observation, []byte) {
 	t.Helper()
+	need(t, "nbdkit-nbd-plugin", "nbdinfo", "nbdcopy", pythonNbd)
 	var obs [2]observation
 	var direct []byte
 	for i, p := range proxies {
@@ -251,6 +251,7 @@ func compareBackend(t *testing.T, serverArgs, opts, params []string) (observatio
 }
 
 func TestParityMemory(t *testing.T) {
+	need(t, "nbdkit-memory-plugin")
 	g, _ := compareBackend(t, []string{"memory", "1M"}, nil, nil)
 	e := exportInfo(t, g.info)
 	if e["export-size"] != float64(1<<20) || e["is_read_only"] != false || e["can_zero"] != true {
@@ -268,6 +269,7 @@ func TestParityMemory(t *testing.T) {
 }
 
 func TestParitySparseData(t *testing.T) {
+	need(t, "nbdkit-data-plugin")
 	g, direct := compareBackend(t, []string{"data", "data=1 @1048576 2 @4194304 3", "size=8M"}, nil, nil)
 	if len(direct) != 8<<20 || direct[0] != 1 || direct[1<<20] != 2 || direct[4<<20] != 3 || direct[5] != 0 {
 		t.Fatalf("the data plugin's disk is not what the test expects")
@@ -279,6 +281,7 @@ func TestParitySparseData(t *testing.T) {
 }
 
 func TestParityBlockSizeAndDescription(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdkit-blocksize-policy-filter", "nbdkit-exportname-filter")
 	g, _ := compareBackend(t, []string{"--filter=blocksize-policy", "--filter=exportname", "memory", "1M",
 		"blocksize-minimum=512", "blocksize-preferred=4096", "blocksize-maximum=65536",
 		"exportname=foo", "exportdesc=fixed:hello"}, nil, nil)
@@ -293,6 +296,7 @@ func TestParityBlockSizeAndDescription(t *testing.T) {
 }
 
 func TestParityReadOnlyServer(t *testing.T) {
+	need(t, "nbdkit-memory-plugin")
 	g, _ := compareBackend(t, []string{"-r", "memory", "1M"}, nil, nil)
 	if exportInfo(t, g.info)["is_read_only"] != true {
 		t.Errorf("not read-only: %s", g.info)
@@ -303,6 +307,7 @@ func TestParityReadOnlyServer(t *testing.T) {
 }
 
 func TestParityReadOnlyProxy(t *testing.T) {
+	need(t, "nbdkit-memory-plugin")
 	g, _ := compareBackend(t, []string{"memory", "1M"}, []string{"-r"}, nil)
 	if exportInfo(t, g.info)["is_read_only"] != true {
 		t.Errorf("not read-only: %s", g.info)
@@ -313,6 +318,7 @@ func TestParityReadOnlyProxy(t *testing.T) {
 }
 
 func TestParityFeaturelessServer(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdkit-nozero-filter", "nbdkit-nocache-filter", "nbdkit-multi-conn-filter", "nbdkit-noextents-filter")
 	g, _ := compareBackend(t, []string{"--filter=nozero", "--filter=nocache", "--filter=multi-conn",
 		"--filter=noextents", "memory", "1M", "zeromode=none", "cachemode=none", "multi-conn-mode=disable"}, nil, nil)
 	e := exportInfo(t, g.info)
@@ -333,6 +339,7 @@ func TestParityFeaturelessServer(t *testing.T) {
 }
 
 func TestParityServerErrors(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdkit-error-filter")
 	g, _ := compareBackend(t, []string{"--filter=error", "memory", "1M",
 		"error-trim=ENOSPC", "error-trim-rate=1", "error-cache=ESHUTDOWN", "error-cache-rate=1",
 		"error-zero=EPERM", "error-zero-rate=1"}, nil, nil)
@@ -346,6 +353,7 @@ func TestParityServerErrors(t *testing.T) {
 }
 
 func TestParityOldstyleServer(t *testing.T) {
+	need(t, "nbdkit-memory-plugin")
 	g, _ := compareBackend(t, []string{"-o", "memory", "1M"}, nil, nil)
 	if exportInfo(t, g.info)["export-size"] != float64(1<<20) {
 		t.Errorf("wrong size: %s", g.info)
@@ -377,6 +385,7 @@ func serverLog(t *testing.T, path string, n int) []string {
 // requests with the same flags (FUA, NO_HOLE, FAST_ZERO, REQ_ONE) from
 // both, as its log filter records them.
 func TestParityMixedSequence(t *testing.T) {
+	need(t, "nbdkit-nbd-plugin", "nbdkit-memory-plugin", "nbdkit-data-plugin", "nbdkit-log-filter", "nbdkit-blocksize-policy-filter", pythonNbd)
 	for _, server := range [][]string{
 		{"memory", "1M"},
 		{"data", "data=1 @65536 2 @524288 3", "size=1M"},
@@ -441,6 +450,7 @@ func modeCheck(t *testing.T, proxy, server string) {
 }
 
 func TestParityModes(t *testing.T) {
+	need(t, "nbdkit-nbd-plugin", "nbdkit-memory-plugin", "nbdkit-info-plugin", "nbdkit-data-plugin", "nbdcopy", pythonNbd)
 	for _, p := range proxies {
 		t.Run(p.name, func(t *testing.T) {
 			server := startServer(t, "memory", "2M")
@@ -481,6 +491,7 @@ func TestParityModes(t *testing.T) {
 				sameBytes(t, "read back through command=nbdkit", readAll(t, unixURI(proxy)), data)
 			})
 			t.Run("command-qemu-nbd", func(t *testing.T) {
+				need(t, "qemu-img", "qemu-io", "qemu-nbd")
 				disk := filepath.Join(t.TempDir(), "disk.qcow2")
 				run(t, "qemu-img", "create", "-q", "-f", "qcow2", disk, "4M")
 				run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 1M", disk)
@@ -497,6 +508,7 @@ func TestParityModes(t *testing.T) {
 }
 
 func TestParityExports(t *testing.T) {
+	need(t, "nbdkit-nbd-plugin", "nbdkit-memory-plugin", "nbdkit-info-plugin", "nbdkit-exportname-filter", "nbdinfo", pythonNbd)
 	info := startServer(t, "info", "mode=exportname")
 	listing := startServer(t, "--filter=exportname", "memory", "1M", "exportname=a", "exportname=b",
 		"exportname-list=explicit", "exportdesc=fixed:disk")
@@ -553,6 +565,7 @@ func TestParityExports(t *testing.T) {
 }
 
 func TestParityTLS(t *testing.T) {
+	need(t, "nbdkit-nbd-plugin", "nbdkit-memory-plugin", "psktool", "nbdcopy", "nbdinfo")
 	dir := t.TempDir()
 	psk := filepath.Join(dir, "keys.psk")
 	run(t, "psktool", "-u", "alice", "-p", psk)
@@ -566,15 +579,15 @@ func TestParityTLS(t *testing.T) {
 			sameBytes(t, "read back over TLS", readAll(t, unixURI(good)), data)
 
 			noTLS := startNbdkit(t, p.so, "socket="+tlsServer)
-			if out, err := runErr("nbdinfo", unixURI(noTLS)); err == nil {
+			if out, err := runErr(t, "nbdinfo", unixURI(noTLS)); err == nil {
 				t.Errorf("no TLS to a TLS-only server: the client got %q", out)
 			}
 			wrongUser := startNbdkit(t, p.so, "socket="+tlsServer, "tls=require", "tls-psk="+psk, "tls-username=bob")
-			if out, err := runErr("nbdinfo", unixURI(wrongUser)); err == nil {
+			if out, err := runErr(t, "nbdinfo", unixURI(wrongUser)); err == nil {
 				t.Errorf("TLS as an unknown user: the client got %q", out)
 			}
 			noDowngrade := startNbdkit(t, p.so, "socket="+plain, "tls=require", "tls-psk="+psk, "tls-username=alice")
-			if out, err := runErr("nbdinfo", unixURI(noDowngrade)); err == nil {
+			if out, err := runErr(t, "nbdinfo", unixURI(noDowngrade)); err == nil {
 				t.Errorf("tls=require to a plaintext server: the client got %q", out)
 			}
 			// tls=on falls back to plaintext.
@@ -587,42 +600,38 @@ func TestParityTLS(t *testing.T) {
 // A server that appears two seconds after the client connects is
 // reached with retry=5, and not without.
 func TestParityRetry(t *testing.T) {
+	need(t, "nbdkit-nbd-plugin", "nbdkit-pattern-plugin", pythonNbd)
 	dir := t.TempDir()
 	type attempt struct {
 		name, sock string
-		client     *exec.Cmd
-		out        *bytes.Buffer
+		client     *lineProc
 		wantOK     bool
 	}
 	var attempts []*attempt
 	for _, p := range proxies {
 		for _, retry := range []string{"retry=5", "retry=0"} {
 			a := &attempt{name: p.name + " " + retry, sock: filepath.Join(dir, p.name+retry+".sock"),
-				out: new(bytes.Buffer), wantOK: retry == "retry=5"}
+				wantOK: retry == "retry=5"}
 			proxy := startNbdkit(t, p.so, "socket="+a.sock, retry)
-			a.client = exec.Command("/usr/bin/python3", "-c", `
+			a.client = startPython(t, `
 import nbd, sys
 h = nbd.NBD()
 h.connect_uri(sys.argv[1])
 print(h.pread(8, 1048568).hex())
 `, unixURI(proxy))
-			a.client.Stdout, a.client.Stderr = a.out, a.out
-			if err := a.client.Start(); err != nil {
-				t.Fatal(err)
-			}
 			attempts = append(attempts, a)
 		}
 	}
 	time.Sleep(2 * time.Second)
 	for _, a := range attempts {
-		spawnNbdkit(t, nil, "-U", a.sock, "pattern", "2M")
+		start(t, procOpts{sock: a.sock, noWait: true}, "pattern", "2M")
 	}
 	for _, a := range attempts {
-		err := a.client.Wait()
-		got := strings.TrimSpace(a.out.String())
+		got := strings.TrimSpace(a.client.rest(t, 2*time.Minute))
+		err := a.client.wait()
 		switch {
 		case a.wantOK && (err != nil || got != "00000000000ffff8"):
-			t.Errorf("%s: the client got %q (%v), want the pattern at 1M-8", a.name, got, err)
+			t.Errorf("%s: the client got %q (%v), want the pattern at 1M-8; stderr: %s", a.name, got, err, a.client.stderr)
 		case !a.wantOK && err == nil:
 			t.Errorf("%s: the client connected to a server that was not there: %q", a.name, got)
 		}
@@ -631,6 +640,7 @@ print(h.pread(8, 1048568).hex())
 
 // shared=true: three clients at once, one connection to the server.
 func TestParityShared(t *testing.T) {
+	need(t, "nbdkit-nbd-plugin", "nbdkit-memory-plugin", "nbdkit-log-filter", pythonNbd)
 	threeClients := `
 import nbd, sys, os
 hs = []
@@ -673,6 +683,7 @@ print("ok")
 
 // Filters on top of the plugin see the server's data.
 func TestParityFilters(t *testing.T) {
+	need(t, "nbdkit-nbd-plugin", "nbdkit-memory-plugin", "nbdkit-partitioning-plugin", "nbdkit-offset-filter", "nbdkit-partition-filter", "nbdkit-cow-filter", "nbdcopy")
 	path, data := randomFile(t, 4<<20)
 	dir := t.TempDir()
 	p1, p2 := filepath.Join(dir, "p1"), filepath.Join(dir, "p2")
@@ -710,44 +721,6 @@ func TestParityFilters(t *testing.T) {
 	for j := range results[0] {
 		if len(results[1]) > j && !bytes.Equal(results[0][j], results[1][j]) {
 			t.Errorf("filter %d: bytes differ from the C plugin's", j)
-		}
-	}
-}
-
-// Two connection modes at once are refused, by both plugins.
-func TestParityTwoModesRefused(t *testing.T) {
-	server := startServer(t, "memory", "1M")
-	for _, c := range []struct {
-		params []string
-		keys   []string // the modes the message names
-	}{
-		{[]string{"socket=" + server, "hostname=127.0.0.1"}, []string{"socket", "hostname"}},
-		{[]string{"socket=" + server, unixURI(server)}, []string{"socket", "uri"}},
-		{[]string{"uri=" + unixURI(server), "command=nbdkit", "arg=memory", "arg=1M"}, []string{"uri", "command"}},
-		{[]string{"hostname=127.0.0.1", "socket-fd=0"}, []string{"hostname", "socket-fd"}},
-	} {
-		params := c.params
-		for _, p := range proxies {
-			cmd := exec.Command("nbdkit", append([]string{"-U", filepath.Join(t.TempDir(), "s"), p.so}, params...)...)
-			out, err := cmd.CombinedOutput()
-			if err == nil {
-				t.Errorf("%s %v: nbdkit exited 0", p.name, params)
-				continue
-			}
-			if len(bytes.TrimSpace(out)) == 0 {
-				t.Errorf("%s %v: no message", p.name, params)
-			}
-			if p.name == "go" {
-				if strings.Count(strings.TrimSpace(string(out)), "\n") > 0 {
-					t.Errorf("%s %v: more than one line: %s", p.name, params, out)
-				}
-				for _, k := range c.keys {
-					if !strings.Contains(string(out), k) {
-						t.Errorf("%s %v: the message does not name %s: %s", p.name, params, k, out)
-					}
-				}
-			}
-			t.Logf("%s %v: %s", p.name, params, bytes.TrimSpace(out))
 		}
 	}
 }

@@ -4,61 +4,17 @@ import (
 	"bytes"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
 
-// restartableServer is a file-backed nbdkit server (so data survives it)
-// that a test can kill -9 and start again on the same socket.
-type restartableServer struct {
-	t    *testing.T
-	sock string
-	args []string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
+// The servers of these tests are nbdkit's file plugin on a diskFile, so
+// that the data survives proc.restart (a kill -9, then a new nbdkit on the
+// same socket).
 
-func newRestartableServer(t *testing.T, args ...string) *restartableServer {
-	s := &restartableServer{t: t, sock: filepath.Join(t.TempDir(), "server.sock"), args: args}
-	s.start()
-	t.Cleanup(s.kill)
-	return s
-}
-
-func (s *restartableServer) start() {
-	s.t.Helper()
-	os.Remove(s.sock)
-	s.cmd = exec.Command("nbdkit", append([]string{"-f", "-U", s.sock}, s.args...)...)
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	s.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(s.cmd, s.done)
-	waitSocket(s.t, s.sock)
-}
-
-func (s *restartableServer) kill() {
-	if s.cmd != nil {
-		s.cmd.Process.Signal(syscall.SIGKILL)
-		<-s.done
-		s.cmd = nil
-	}
-}
-
-// restartAfter kills the server now and starts it again after pause.
-func (s *restartableServer) restartAfter(pause time.Duration, args ...string) {
-	s.kill()
-	time.Sleep(pause)
-	if args != nil {
-		s.args = args
-	}
-	s.start()
-}
-
+// diskFile makes a sparse file of size bytes.
 func diskFile(t *testing.T, size int64) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
@@ -74,27 +30,26 @@ func diskFile(t *testing.T, size int64) string {
 // fio's write-and-verify run carries on through a kill -9 and restart
 // of the server: no error, every block verifies.
 func TestReconnectFioVerify(t *testing.T) {
+	need(t, "nbdkit-file-plugin", "fio")
 	disk := diskFile(t, 64<<20)
-	server := newRestartableServer(t, "file", disk)
+	server := start(t, procOpts{}, "file", disk)
 	proxy := startProxy(t, "socket="+server.sock, "reconnect-delay=10")
-	fio := exec.Command("fio", "--name=reconnect", "--ioengine=nbd", "--uri="+unixURI(proxy),
+	var stdout syncBuffer
+	fio := start(t, procOpts{prog: "fio", stdout: &stdout}, "--name=reconnect", "--ioengine=nbd", "--uri="+unixURI(proxy),
 		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=32M", "--rate_iops=4000",
 		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
-	var out bytes.Buffer
-	fio.Stdout, fio.Stderr = &out, &out
-	if err := fio.Start(); err != nil {
-		t.Fatal(err)
-	}
 	time.Sleep(700 * time.Millisecond)
-	server.restartAfter(time.Second)
-	if err := fio.Wait(); err != nil {
-		t.Fatalf("fio failed across the server restart: %v\n%s", err, out.String())
+	server.restart(time.Second)
+	err := fio.wait()
+	out := stdout.String() + fio.stderr.String()
+	if err != nil {
+		t.Fatalf("fio failed across the server restart: %v\n%s", err, out)
 	}
-	if strings.Contains(out.String(), "verify:") || strings.Contains(out.String(), "bad magic") {
-		t.Fatalf("fio reported verify errors:\n%s", out.String())
+	if strings.Contains(out, "verify:") || strings.Contains(out, "bad magic") {
+		t.Fatalf("fio reported verify errors:\n%s", out)
 	}
-	if !strings.Contains(out.String(), "err= 0") {
-		t.Fatalf("fio did not report err= 0:\n%s", out.String())
+	if !strings.Contains(out, "err= 0") {
+		t.Fatalf("fio did not report err= 0:\n%s", out)
 	}
 }
 
@@ -115,37 +70,31 @@ h.flush()
 print("ok", flush=True)
 `
 
-func clientSurvivesRestart(t *testing.T, server *restartableServer, proxy string) {
+func clientSurvivesRestart(t *testing.T, server *proc, proxy string) {
 	t.Helper()
-	cmd := exec.Command("/usr/bin/python3", "-c", clientAcrossRestart, proxy)
-	stdin, _ := cmd.StdinPipe()
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), "written") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	server.restartAfter(time.Second)
-	stdin.Write([]byte("go\n"))
-	stdin.Close()
-	if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "ok") {
-		t.Fatalf("client failed across the restart: %v\n%s", err, out.String())
+	client := startPython(t, clientAcrossRestart, proxy)
+	client.expect(t, "written", 10*time.Second)
+	server.restart(time.Second)
+	client.stdin.Write([]byte("go\n"))
+	client.stdin.Close()
+	out := client.rest(t, 2*time.Minute)
+	if err := client.wait(); err != nil || !strings.Contains(out, "ok") {
+		t.Fatalf("client failed across the restart: %v\n%s\n%s", err, out, client.stderr)
 	}
 }
 
 func TestReconnectOpenClient(t *testing.T) {
+	need(t, "nbdkit-file-plugin", pythonNbd)
 	disk := diskFile(t, 16<<20)
-	server := newRestartableServer(t, "file", disk)
+	server := start(t, procOpts{}, "file", disk)
 	proxy := startProxy(t, "socket="+server.sock, "reconnect-delay=10")
 	clientSurvivesRestart(t, server, proxy)
 }
 
 func TestReconnectShared(t *testing.T) {
+	need(t, "nbdkit-file-plugin", pythonNbd, "nbdcopy")
 	disk := diskFile(t, 16<<20)
-	server := newRestartableServer(t, "file", disk)
+	server := start(t, procOpts{}, "file", disk)
 	proxy := startProxy(t, "socket="+server.sock, "shared=true", "reconnect-delay=10")
 	clientSurvivesRestart(t, server, proxy)
 	// A later client reads and writes too.
@@ -155,9 +104,9 @@ func TestReconnectShared(t *testing.T) {
 // readAfterRestart connects a client, restarts the server (with args,
 // if given) and has the client read again; it returns what the client
 // printed: "read <first bytes>" or "failed".
-func readAfterRestart(t *testing.T, server *restartableServer, proxy string, args ...string) string {
+func readAfterRestart(t *testing.T, server *proc, proxy string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command("/usr/bin/python3", "-c", `
+	client := startPython(t, `
 import nbd, sys
 h = nbd.NBD()
 h.connect_unix(sys.argv[1])
@@ -169,26 +118,18 @@ try:
 except nbd.Error as e:
     print("failed")
 `, proxy)
-	stdin, _ := cmd.StdinPipe()
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 500 && !strings.Contains(buf.String(), "connected"); i++ {
-		time.Sleep(20 * time.Millisecond)
-	}
-	server.restartAfter(300*time.Millisecond, args...)
-	stdin.Write([]byte("go\n"))
-	stdin.Close()
-	cmd.Wait()
-	return buf.String()
+	client.expect(t, "connected", 10*time.Second)
+	server.restart(300*time.Millisecond, args...)
+	client.stdin.Write([]byte("go\n"))
+	client.stdin.Close()
+	return client.rest(t, 2*time.Minute) + "\n" + client.stderr.String()
 }
 
 // Without reconnect-delay: as the C plugin, requests fail, nbdkit lives.
 func TestNoReconnectByDefault(t *testing.T) {
+	need(t, "nbdkit-file-plugin", pythonNbd, "nbdcopy")
 	disk := diskFile(t, 16<<20)
-	server := newRestartableServer(t, "file", disk)
+	server := start(t, procOpts{}, "file", disk)
 	proxy := startProxy(t, "socket="+server.sock)
 	if out := readAfterRestart(t, server, proxy); !strings.Contains(out, "failed") {
 		t.Fatalf("without reconnect-delay a read after the restart should fail:\n%s", out)
@@ -200,10 +141,11 @@ func TestNoReconnectByDefault(t *testing.T) {
 // timeout=2 against a server whose reads stall 30 s: the read fails
 // within 5 s, and other clients are served meanwhile.
 func TestTimeoutStalledRead(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdkit-delay-filter", pythonNbd)
 	slow := startServer(t, "--filter=delay", "memory", "16M", "delay-read=30")
 	proxy := startProxy(t, "socket="+slow, "timeout=2")
 	start := time.Now()
-	_, err := runErr("/usr/bin/python3", "-c", `
+	_, err := runErr(t, python3, "-c", `
 import nbd, sys
 h = nbd.NBD()
 h.connect_uri(sys.argv[1])
@@ -233,11 +175,12 @@ h.flush()
 // A server that comes back with another size is refused: errors, never
 // the other disk's data.
 func TestReconnectRefusesAnotherDisk(t *testing.T) {
+	need(t, "nbdkit-file-plugin", pythonNbd)
 	disk := diskFile(t, 16<<20)
 	other := diskFile(t, 8<<20)
 	os.WriteFile(other, bytes.Repeat([]byte("OTHERDISK"), 1000), 0o600)
 	os.Truncate(other, 8<<20)
-	server := newRestartableServer(t, "file", disk)
+	server := start(t, procOpts{}, "file", disk)
 	proxy := startProxy(t, "socket="+server.sock, "reconnect-delay=3")
 	out := readAfterRestart(t, server, proxy, "file", other)
 	if strings.Contains(out, "OTHERDISK") || !strings.Contains(out, "failed") {
@@ -248,6 +191,7 @@ func TestReconnectRefusesAnotherDisk(t *testing.T) {
 // timeout= bounds the handshake too: a server that accepts and then says
 // nothing fails the client's connection instead of hanging it.
 func TestTimeoutSilentServer(t *testing.T) {
+	need(t, "nbdkit", "nbdinfo")
 	sock := filepath.Join(t.TempDir(), "silent.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -265,7 +209,7 @@ func TestTimeoutSilentServer(t *testing.T) {
 	}()
 	proxy := startNbdkit(t, plugin, "socket="+sock, "timeout=1")
 	start := time.Now()
-	if _, err := runErr("nbdinfo", "--size", unixURI(proxy)); err == nil {
+	if _, err := runErr(t, "nbdinfo", "--size", unixURI(proxy)); err == nil {
 		t.Fatal("connecting through a silent server succeeded")
 	}
 	if took := time.Since(start); took > 5*time.Second {

@@ -7,7 +7,6 @@ package tests
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,13 +24,6 @@ func certtool(t *testing.T, dir string, args ...string) {
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("certtool %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-func writeFile(t *testing.T, path, s string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -87,27 +79,11 @@ func tlsDirs(t *testing.T) (good, otherName, client, stranger string) {
 	return good, otherName, client, stranger
 }
 
-// pickPort is freePort as a string.
-func pickPort(t *testing.T) string { return strconv.Itoa(freePort(t)) }
-
 // startMemoryOnTCP runs an nbdkit memory server on 127.0.0.1 with the
 // given options and returns its port.
 func startMemoryOnTCP(t *testing.T, opts ...string) string {
 	t.Helper()
-	port := pickPort(t)
-	ready := func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			if c, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {
-				c.Close()
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("nothing listens on port %s after 10 s", port)
-	}
-	startProc(t, ready, append(append([]string{"-p", port, "-i", "127.0.0.1"}, opts...), "memory", "4M")...)
-	return port
+	return strconv.Itoa(start(t, procOpts{tcp: true}, append(opts, "memory", "4M")...).port)
 }
 
 // tlsProxy starts the proxy with -v and libnbd's debug messages, and
@@ -115,10 +91,10 @@ func startMemoryOnTCP(t *testing.T, opts ...string) string {
 // returned for checks.
 func tlsProxy(t *testing.T, params ...string) (served bool, stderr string, clientErr string) {
 	t.Helper()
-	p, sock := startUnixProc(t, "", append([]string{"-v", "-D", "nbd-go.verbose=1", plugin}, params...)...)
-	start := time.Now()
-	out, err := runErr("/usr/bin/python3", "-c", newClientScript, sock)
-	if d := time.Since(start); d > 20*time.Second {
+	p := start(t, procOpts{}, append([]string{"-v", "-D", "nbd-go.verbose=1", plugin}, params...)...)
+	began := time.Now()
+	out, err := runErr(t, python3, "-c", newClientScript, p.sock)
+	if d := time.Since(began); d > 20*time.Second {
 		t.Errorf("%v: the client took %v", params, d)
 	}
 	if !p.running() {
@@ -135,6 +111,7 @@ func tlsProxy(t *testing.T, params ...string) (served bool, stderr string, clien
 }
 
 func TestTLSCertificates(t *testing.T) {
+	need(t, "certtool", "nbdkit-memory-plugin", pythonNbd)
 	good, otherName, client, stranger := tlsDirs(t)
 	goodPort := startMemoryOnTCP(t, "--tls=require", "--tls-certificates="+good)
 	otherPort := startMemoryOnTCP(t, "--tls=require", "--tls-certificates="+otherName)
@@ -210,6 +187,7 @@ func libnbdMinor(t *testing.T) int {
 // tls=require with a server that does not do TLS: refused, never
 // plaintext; tls=on would have gone on in plaintext (the control).
 func TestTLSRequireNoFallback(t *testing.T) {
+	need(t, "certtool", "nbdkit-memory-plugin", pythonNbd)
 	_, _, client, _ := tlsDirs(t)
 	plain := startMemoryOnTCP(t, "--tls=off")
 	for _, c := range []struct {
@@ -230,6 +208,7 @@ func TestTLSRequireNoFallback(t *testing.T) {
 // A wrong pre-shared key is refused, the right one works, and no key
 // appears in any message, even with -v and libnbd's debug messages.
 func TestTLSPSK(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", pythonNbd)
 	dir := t.TempDir()
 	newKey := func() string {
 		b := make([]byte, 32)
