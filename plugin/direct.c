@@ -39,6 +39,7 @@
 struct link {
   struct engine *engine;
   int refs;                     /* the path's own, plus one per request */
+  int logged;                   /* its failure has been logged */
 };
 
 struct path {
@@ -68,6 +69,7 @@ link_new (struct engine *e)
   if (l) {
     l->engine = e;
     l->refs = 1;
+    l->logged = 0;
   }
   return l;
 }
@@ -113,6 +115,30 @@ release (struct path *p, struct link *l)
   l = unref (l);
   pthread_mutex_unlock (&p->lock);
   link_close (p, l);
+}
+
+/* Log, once per connection, why it failed: the requests it takes down
+ * are resent, so their own errors are not logged.
+ */
+static void
+log_failure (struct path *p, struct link *l, const char *why)
+{
+  int first;
+
+  pthread_mutex_lock (&p->lock);
+  first = !l->logged;
+  l->logged = 1;
+  pthread_mutex_unlock (&p->lock);
+  if (first) {
+    char *msg;
+
+    if (asprintf (&msg, "%s; reconnecting for up to reconnect-delay=%g",
+                  why ? why : "server connection failed",
+                  p->reconnect_ms / 1000.0) >= 0) {
+      host_error (msg);
+      free (msg);
+    }
+  }
 }
 
 /* Wait until deadline for a connection other than old (whose reference
@@ -184,6 +210,7 @@ serve (struct path *p, struct engine_request *req, char **msg)
     if (deadline < 0)
       deadline = (res.failed_at > start ? res.failed_at : start) +
         p->reconnect_ms;
+    log_failure (p, l, res.msg);
     if (is_write (req->op) && !res.not_sent &&
         !engine_server_closed (l->engine, deadline)) {
       free (res.msg);
@@ -193,7 +220,6 @@ serve (struct path *p, struct engine_request *req, char **msg)
                         "the write, which the server may still apply");
       break;
     }
-    host_debug ("server connection failed, waiting for a new one");
     next = replacement (p, l, deadline);
     release (p, l);
     if (next == NULL) {

@@ -348,6 +348,8 @@ issue (struct engine *e, struct cmd *c)
   if (cookie == -1) {
     c->refused = 1;
     c->refused_dead = dead (e);
+    if (c->refused_dead)
+      note_cause (e);           /* it may have died in this call */
     c->refused_errno = nbd_get_errno () ? nbd_get_errno () : EIO;
     msg = nbd_get_error ();
     c->refused_msg = msg ? strdup (msg) : NULL;

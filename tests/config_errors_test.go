@@ -36,13 +36,13 @@ func configErrors(server string) []configError {
 	return []configError{
 		// No server, or two.
 		{nil, []string{"no server given"}, true},
-		{[]string{"arg=x"}, []string{"no server"}, false},
+		{[]string{"arg=x"}, []string{"arg=x", "command="}, false},
 		{[]string{"port=10809"}, []string{"port=10809"}, true},
 		{[]string{s, "hostname=localhost"}, []string{"socket=", "hostname=localhost"}, true},
 		{[]string{s, "hostname=127.0.0.1"}, []string{"socket", "hostname"}, true},
 		{[]string{s, unixURI(server)}, []string{"socket", "uri"}, true},
 		{[]string{"uri=" + unixURI(server), "command=nbdkit", "arg=memory", "arg=1M"}, []string{"uri", "command"}, true},
-		{[]string{"hostname=127.0.0.1", "socket-fd=0"}, []string{"hostname", "socket-fd"}, true},
+		{[]string{"hostname=127.0.0.1", "socket-fd=0"}, []string{"socket-fd=0"}, true},
 		// Bad values.
 		{[]string{s, "retry=-1"}, []string{"retry=-1"}, true},
 		{[]string{s, "retry=abc"}, []string{"retry=abc"}, true},
@@ -65,6 +65,17 @@ func configErrors(server string) []configError {
 		{[]string{s, "dynamic-export=true", "export=foo"}, []string{"dynamic-export", "export=foo"}, true},
 		{[]string{s, "dynamic-export=true", "shared=true"}, []string{"dynamic-export", "shared=true"}, true},
 		{[]string{"command=nbdkit", "dynamic-export=true"}, []string{"dynamic-export", "command="}, true},
+		// Combinations that cannot be served safely (the C plugin serves
+		// some of them anyway: see README).  tests/combinations_test.go
+		// refuses the rest of the space with a real inherited socket.
+		{[]string{"command=nbdkit", "arg=memory", "arg=1M", "shared=false"}, []string{"shared=false", "command=nbdkit"}, false},
+		{[]string{"command=nbdkit", "command=qemu-nbd"}, []string{"command=qemu-nbd", "twice"}, false},
+		{[]string{"arg=-f", "command=nbdkit"}, []string{"arg=-f", "command="}, false},
+		{[]string{"socket-fd=1"}, []string{"socket-fd=1"}, false},
+		{[]string{"socket-fd=9"}, []string{"socket-fd=9"}, false},
+		{[]string{s, "timeout=1e-12"}, []string{"timeout=1e-12"}, false},
+		{[]string{s, "reconnect-delay=0.0001"}, []string{"reconnect-delay=0.0001"}, false},
+		{[]string{s, "timeout=-1"}, []string{"timeout=-1"}, false},
 		// Unknown keys.
 		{[]string{s, "frobnicate=7"}, []string{"frobnicate=7"}, true},
 		{[]string{s, "bogus=1"}, []string{"bogus=1"}, true},

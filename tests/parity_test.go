@@ -397,6 +397,9 @@ func TestParityMixedSequence(t *testing.T) {
 				log := filepath.Join(t.TempDir(), "log")
 				s := startServer(t, append([]string{"--filter=log"}, append(server, "logfile="+log)...)...)
 				out[i] = probe(t, unixURI(startNbdkit(t, p.so, "socket="+s)))
+				// The proxy closes its server connection after the
+				// client left: wait for that, so that the logs compare.
+				serverLog(t, log, 1)
 				// What the client saw is what the server holds.
 				final := python(t, `
 import nbd, sys, hashlib
