@@ -21,9 +21,23 @@
 #   BENCH_WORKLOADS  subset of workloads by name (default: all five)
 #   BENCH_TARGETS  subset of "direct c go qemu" (default: all)
 #   BENCH_THREADS  nbdkit --threads for both nbdkit proxies (default: nbdkit's)
+#   BENCH_CLIENTS  client connections for the many-clients rows (default
+#                  "1 4 16 64"; quick: "1 64"; "none": no such rows)
+#   BENCH_SHARED   which of those rows: 0 a server connection per client,
+#                  1 shared=true on both plugins (default "0 1")
 #   PLUGIN         the plugin to test (default ./nbdkit-nbd-go-plugin.so)
 #
-# Prints one table.  IOPS/MiB/s: median of rounds.  RSS: VmHWM of the
+# Many clients: after the transports, over a Unix socket, fio runs 4k
+# random reads at depth 4 on N connections at once (numjobs=N, each job
+# its own connection) against the C nbd plugin and ours, alternating,
+# once with a server connection per client and once with shared=true on
+# both (every client over one server connection).  Each such run has
+# 1 s of ramp-up (connecting the clients) outside its figures.  These
+# rows add the 99th percentile of completion latency (fio's clat_ns, all
+# jobs together), median of rounds; and, for the largest N, each proxy's
+# peak RSS and the most threads it had while that N ran.
+#
+# Prints one table, and one for many clients.  IOPS/MiB/s: median of rounds.  RSS: VmHWM of the
 # proxy process at the end of its transport's runs.  Startup: time from
 # starting `nbdkit -f` (or qemu-nbd) to the first successful
 # `nbdinfo --size` through it, median of 5.
@@ -39,7 +53,11 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
   rounds=${BENCH_ROUNDS:-1}
   runtime=${BENCH_RUNTIME:-2}
   transports=${BENCH_TRANSPORTS:-unix tcp}
+  clients=${BENCH_CLIENTS:-1 64}
 fi
+clients=${clients:-${BENCH_CLIENTS:-1 4 16 64}}
+[ "$clients" = none ] && clients=
+shared_modes=${BENCH_SHARED:-0 1}
 threads=()
 [ -n "${BENCH_THREADS:-}" ] && threads=(--threads="$BENCH_THREADS")
 
@@ -216,6 +234,74 @@ for tr in $transports; do
   done
   stop_all
 done
+# run_fio_clients OUT URI N: 4k random reads, depth 4, on N connections.
+run_fio_clients() {
+  local out=$1 u=$2 n=$3
+  fio --name=bench --ioengine=nbd --uri="$u" --rw=randread --bs=4k \
+      --iodepth=4 --numjobs="$n" --thread --group_reporting \
+      --time_based --ramp_time=1 --runtime="$runtime" --size=1G \
+      --output-format=json --output="$out" >/dev/null 2>"$out.err" ||
+    { echo "bench: fio failed against $u:" >&2; cat "$out.err" >&2; return 1; }
+}
+
+# max_threads PID FIOPID OUT: the most threads PID had while FIOPID ran.
+max_threads() {
+  local pid=$1 fpid=$2 out=$3 max=0 k v
+  while kill -0 "$fpid" 2>/dev/null; do
+    while read -r k v; do
+      if [ "$k" = Threads: ] && [ "$v" -gt "$max" ]; then max=$v; fi
+    done < "/proc/$pid/status"
+    sleep 0.25
+  done
+  echo "$max" > "$out"
+}
+
+if [ -n "$clients" ]; then
+  uri=(); rsspid=()
+  nbdkit -f -U "$dir/server.sock" memory 1G & pids+=($!)
+  wait_ready "nbd+unix:///?socket=$dir/server.sock"
+  nbdcopy -- [ nbdkit random 1G ] "nbd+unix:///?socket=$dir/server.sock"
+  ctargets=
+  for m in $shared_modes; do
+    for t in c go; do
+      case " ${BENCH_TARGETS:-c go} " in *" $t "*) ;; *) continue ;; esac
+      k=$t; sh=()
+      if [ "$m" = 1 ]; then k=$t-shared; sh=(shared=true); fi
+      s=$dir/cl-$k.sock
+      if [ $t = c ]; then
+        nbdkit -f "${threads[@]}" -U "$s" nbd socket="$dir/server.sock" "${sh[@]}" & pids+=($!)
+      else
+        nbdkit -f "${threads[@]}" -U "$s" "$plugin" socket="$dir/server.sock" "${sh[@]}" & pids+=($!)
+      fi
+      rsspid[$k]=$!; uri[$k]="nbd+unix:///?socket=$s"
+      wait_ready "${uri[$k]}"
+      ctargets="$ctargets $k"
+    done
+  done
+  mkdir -p "$dir/res/clients"
+  maxn=0
+  for n in $clients; do if [ "$n" -gt "$maxn" ]; then maxn=$n; fi; done
+  echo "$maxn" > "$dir/res/clients/maxn"
+  for r in $(seq "$rounds"); do
+    for n in $clients; do
+      for t in $ctargets; do
+        echo "bench: clients round $r/$rounds n=$n $t" >&2
+        out=$dir/res/clients/$n,$t,$r.json
+        run_fio_clients "$out" "${uri[$t]}" "$n" & fpid=$!
+        tpid=
+        if [ "$n" = "$maxn" ]; then
+          max_threads "${rsspid[$t]}" $fpid "$dir/res/clients/threads_$t.$r" & tpid=$!
+        fi
+        wait $fpid
+        if [ -n "$tpid" ]; then wait "$tpid"; fi
+      done
+    done
+  done
+  for t in $ctargets; do
+    awk '/^VmHWM/ {print $2}' "/proc/${rsspid[$t]}/status" > "$dir/res/clients/rss_$t"
+  done
+  stop_all
+fi
 echo "bench: took $(( $(date +%s) - started )) s" >&2
 
 python3 - "$dir/res" "$transports" <<'EOF'
@@ -273,6 +359,71 @@ rows.append(("startup ms (unix)", "-", f(s["c"]), f(s["go"]), f(s["qemu"]),
              "%+.0f" % (s["go"] - s["c"]) if s["go"] and s["c"] else "-", "-"))
 w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
 print("IOPS/MiB/s, median of rounds; ratios are of IOPS (RSS, startup: ours-C)")
+for i, row in enumerate([hdr] + rows):
+    print("  ".join(str(x).ljust(w[k]) if k == 0 else str(x).rjust(w[k])
+                    for k, x in enumerate(row)))
+    if i == 0:
+        print("  ".join("-" * x for x in w))
+EOF
+
+[ -z "$clients" ] || python3 - "$dir/res/clients" <<'EOF'
+import json, os, statistics, sys
+res = sys.argv[1]
+runs = {}
+for f in os.listdir(res):
+    if not f.endswith(".json"):
+        continue
+    n, t, r = f[:-5].split(",")
+    with open(os.path.join(res, f)) as fh:
+        text = fh.read()
+    # fio's nbd engine says "fio: connected to NBD server" per job first.
+    rd = json.loads(text[text.index("{"):])["jobs"][0]["read"]
+    runs.setdefault((int(n), t), []).append(
+        (rd["iops"], rd["clat_ns"]["percentile"]["99.000000"] / 1000))
+ns = sorted(set(n for n, t in runs))
+
+def med(n, t, i):
+    v = runs.get((n, t))
+    return statistics.median(x[i] for x in v) if v else None
+
+def ratio(a, b):
+    return "%.2f" % (a / b) if a and b else "-"
+
+f0 = lambda x: "-" if x is None else "%.0f" % x
+f1 = lambda x: "-" if x is None else "%.1f" % x
+hdr = ("4k randread, depth 4 each", "C IOPS", "ours IOPS", "ours/C",
+       "C p99 us", "ours p99 us", "p99 ours/C")
+modes = (("", "per-client"), ("-shared", "shared"))
+rows = []
+for sfx, label in modes:
+    for n in ns:
+        c, g = "c" + sfx, "go" + sfx
+        if (n, c) not in runs and (n, g) not in runs:
+            continue
+        ci, gi, cp, gp = med(n, c, 0), med(n, g, 0), med(n, c, 1), med(n, g, 1)
+        rows.append(("%s %d client%s" % (label, n, "" if n == 1 else "s"),
+                     f0(ci), f0(gi), ratio(gi, ci), f0(cp), f0(gp), ratio(gp, cp)))
+maxn = int(open(os.path.join(res, "maxn")).read())
+def rss(t):
+    p = os.path.join(res, "rss_" + t)
+    return int(open(p).read()) / 1024 if os.path.exists(p) else None
+def thr(t):
+    v = [int(open(os.path.join(res, x)).read()) for x in os.listdir(res)
+         if x.startswith("threads_%s." % t)]
+    return statistics.median(v) if v else None
+for sfx, label in modes:
+    c, g = "c" + sfx, "go" + sfx
+    rc, rg, tc, tg = rss(c), rss(g), thr(c), thr(g)
+    if rc is None and rg is None:
+        continue
+    rows.append(("%s peak RSS MiB" % label, f1(rc), f1(rg),
+                 "%+.1f" % (rg - rc) if rc and rg else "-", "", "", ""))
+    rows.append(("%s threads at %d" % (label, maxn), f0(tc), f0(tg),
+                 "%+.0f" % (tg - tc) if tc and tg else "-", "", "", ""))
+w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+print()
+print("Many clients (Unix socket): IOPS and 99th percentile completion latency,")
+print("median of rounds; RSS: VmHWM at the end; threads: most while %d ran" % maxn)
 for i, row in enumerate([hdr] + rows):
     print("  ".join(str(x).ljust(w[k]) if k == 0 else str(x).rjust(w[k])
                     for k, x in enumerate(row)))
