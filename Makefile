@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # nbdkit-nbd-go-plugin.  `make` needs no configure step: Go, a C
 # compiler, pkg-config, nbdkit-plugin-dev and libnbd-dev.
 

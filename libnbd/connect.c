@@ -1,4 +1,6 @@
-/* Connecting with a deadline.  libnbd's synchronous connect calls wait
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * Connecting with a deadline.  libnbd's synchronous connect calls wait
  * as long as the server takes, which for a server that accepts and then
  * stalls is forever.  These start the aio variant of the call and run
  * the state machine here, in the same thread (so libnbd's error is still

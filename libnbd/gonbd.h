@@ -1,4 +1,6 @@
-/* C side of the libnbd binding.
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * C side of the libnbd binding.
  *
  * libnbd keeps its last error message and errno per thread, and a later
  * cgo call may run on another thread, so every call that can fail goes
@@ -60,7 +62,7 @@ int gonbd_is_dead (struct gonbd *g);
 /* Flags that gonbd_get_flag reads. */
 enum gonbd_flag {
   GONBD_IS_READ_ONLY, GONBD_CAN_FLUSH, GONBD_CAN_FUA, GONBD_IS_ROTATIONAL,
-  GONBD_CAN_TRIM, GONBD_CAN_ZERO, GONBD_CAN_FAST_ZERO, GONBD_CAN_DF,
+  GONBD_CAN_TRIM, GONBD_CAN_ZERO, GONBD_CAN_FAST_ZERO,
   GONBD_CAN_MULTI_CONN, GONBD_CAN_CACHE,
 };
 

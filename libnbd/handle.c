@@ -1,4 +1,6 @@
-/* Wrappers around libnbd's handle calls: see gonbd.h for why each one
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * Wrappers around libnbd's handle calls: see gonbd.h for why each one
  * captures the error itself.
  */
 #include <errno.h>
@@ -136,7 +138,6 @@ gonbd_get_flag (struct gonbd *g, int which, struct gonbd_err *err)
   case GONBD_CAN_TRIM: r = nbd_can_trim (g->nbd); break;
   case GONBD_CAN_ZERO: r = nbd_can_zero (g->nbd); break;
   case GONBD_CAN_FAST_ZERO: r = nbd_can_fast_zero (g->nbd); break;
-  case GONBD_CAN_DF: r = nbd_can_df (g->nbd); break;
   case GONBD_CAN_MULTI_CONN: r = nbd_can_multi_conn (g->nbd); break;
   case GONBD_CAN_CACHE: r = nbd_can_cache (g->nbd); break;
   default: err->errnum = EINVAL; return -1;

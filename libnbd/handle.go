@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 // Package libnbd is a Go binding of libnbd, the NBD client library.
 //
 // A Handle is one connection to an NBD server: configure it, connect it
@@ -41,12 +43,6 @@ const (
 
 // ContextBaseAllocation is the meta context of allocation status.
 const ContextBaseAllocation = "base:allocation"
-
-// Extent flags of base:allocation.
-const (
-	StateHole uint32 = C.LIBNBD_STATE_HOLE
-	StateZero uint32 = C.LIBNBD_STATE_ZERO
-)
 
 // ErrClosed is returned by calls on a closed Handle.
 var ErrClosed = errors.New("libnbd: handle is closed")

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package libnbd
 
 /*
@@ -71,9 +73,6 @@ func (h *Handle) CanZero() (bool, error) { return h.flag("nbd_can_zero", C.GONBD
 func (h *Handle) CanFastZero() (bool, error) {
 	return h.flag("nbd_can_fast_zero", C.GONBD_CAN_FAST_ZERO)
 }
-
-// CanDF reports whether the server supports the DF flag.
-func (h *Handle) CanDF() (bool, error) { return h.flag("nbd_can_df", C.GONBD_CAN_DF) }
 
 // CanMultiConn reports whether the server is consistent across
 // connections.

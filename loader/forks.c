@@ -1,4 +1,6 @@
-/* Will nbdkit fork after config_complete?
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * Will nbdkit fork after config_complete?
  *
  * nbdkit forks to go into the background (unless -f, --foreground,
  * --no-fork or --exit-with-parent), and for --run; with -s (--single,

@@ -1,4 +1,6 @@
-/* See forks.c. */
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * See forks.c. */
 #ifndef NBDKITGO_FORKS_H
 #define NBDKITGO_FORKS_H
 

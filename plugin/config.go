@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package plugin
 
 import (
@@ -45,7 +47,15 @@ type config struct {
 
 var cfg config
 
-const defaultPort = "10809"
+// nbdPort is NBD's registered port, the default of port=.
+const nbdPort = 10809
+
+// The widths of the numbers parseUint takes: a non-negative C int
+// (socket-fd=, retry=) and a uint32 (vsock= CID, a vsock port).
+const (
+	intBits    = 31
+	uint32Bits = 32
+)
 
 // sunPathMax is the longest Unix socket path (sun_path less its NUL).
 const sunPathMax = 107
@@ -90,7 +100,7 @@ func configKey(key, value string) error {
 		cfg.port = value
 	case "vsock", "cid", "vhost-cid":
 		var cid uint64
-		if cid, err = parseUint(key, value, 32); err == nil {
+		if cid, err = parseUint(key, value, uint32Bits); err == nil {
 			c := uint32(cid)
 			cfg.vsock = &c
 		}
@@ -108,7 +118,7 @@ func configKey(key, value string) error {
 		cfg.args = append(cfg.args, value)
 	case "socket-fd":
 		var fd uint64
-		if fd, err = parseUint(key, value, 31); err == nil {
+		if fd, err = parseUint(key, value, intBits); err == nil {
 			n := int(fd)
 			cfg.socketFD = &n
 			err = checkSocketFD(n)
@@ -119,7 +129,7 @@ func configKey(key, value string) error {
 		cfg.dynamicExport, err = parseBool(key, value)
 	case "retry":
 		var n uint64
-		n, err = parseUint(key, value, 31)
+		n, err = parseUint(key, value, intBits)
 		cfg.retry = uint(n)
 	case "shared":
 		cfg.shared, err = parseBool(key, value)
@@ -267,7 +277,7 @@ func configComplete() error {
 				return fmt.Errorf("port=%s: not a port number", cfg.port)
 			}
 		case cfg.vsock != nil:
-			if _, err := parseUint("port", cfg.port, 32); err != nil {
+			if _, err := parseUint("port", cfg.port, uint32Bits); err != nil {
 				return err
 			}
 		default:

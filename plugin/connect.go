@@ -1,7 +1,10 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package plugin
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"nbdkit-nbd-go-plugin/libnbd"
@@ -155,13 +158,13 @@ func connectMode(h *libnbd.Handle) error {
 	case cfg.hostname != "":
 		port := cfg.port
 		if port == "" {
-			port = defaultPort
+			port = strconv.Itoa(nbdPort)
 		}
 		return h.ConnectTCP(cfg.hostname, port)
 	case cfg.vsock != nil:
-		port := uint32(10809)
+		port := uint32(nbdPort)
 		if cfg.port != "" {
-			p, err := parseUint("port", cfg.port, 32)
+			p, err := parseUint("port", cfg.port, uint32Bits)
 			if err != nil {
 				return err
 			}

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 // Package plugin is nbdkit-nbd-go-plugin: an nbdkit plugin that forwards
 // every request to another NBD server, a drop-in replacement for
 // nbdkit's C nbd plugin.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Where the time goes with many clients: per-request counts of each
 # nbdkit proxy (the C nbd plugin and ours) while fio's nbd engine runs
 # 4k random reads at depth 4 on N connections over a Unix socket, with a

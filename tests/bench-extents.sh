@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Benchmark of block status (extents) through the proxies: nbdkit's C nbd
 # plugin and this plugin.  fio has no block
 # status workload, so the client is libnbd's Python binding, keeping 16

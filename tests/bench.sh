@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Benchmark: nbdkit-nbd-go-plugin against nbdkit's C nbd plugin, qemu-nbd
 # as a proxy, and the backend server directly (the ceiling).
 #

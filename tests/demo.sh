@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The demo: start a real NBD server (nbdkit's memory plugin), serve it
 # through nbdkit-nbd-go-plugin in daemon mode, show nbdinfo, and copy
 # random data through the proxy and back, verifying it.

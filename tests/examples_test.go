@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package tests
 
 // The EXAMPLES of nbdkit-nbd-go-plugin.pod, each run as written there

@@ -351,6 +351,32 @@ func (p *proc) restart(pause time.Duration, args ...string) {
 	p.waitReady()
 }
 
+// unixServer listens on a new Unix socket until the end of the test and
+// runs serve, in a goroutine of its own, for each connection (which it
+// closes when serve returns).  For small misbehaving servers.
+func unixServer(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "server.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return sock
+}
+
 // unixURI is the NBD URI of a Unix socket.
 func unixURI(sock string) string { return "nbd+unix:///?socket=" + sock }
 

@@ -1,5 +1,7 @@
 //go:build packaging
 
+// SPDX-License-Identifier: BSD-3-Clause
+
 // Built only by `make check-packaging` (-tags packaging): these tests
 // install packages on the machine, which `make check` must not do.
 

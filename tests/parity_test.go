@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package tests
 
 // Parity with nbdkit's C nbd plugin: each test runs the same server and

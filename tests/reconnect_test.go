@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package tests
 
 import (
@@ -192,21 +194,8 @@ func TestReconnectRefusesAnotherDisk(t *testing.T) {
 // nothing fails the client's connection instead of hanging it.
 func TestTimeoutSilentServer(t *testing.T) {
 	need(t, "nbdkit", "nbdinfo")
-	sock := filepath.Join(t.TempDir(), "silent.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // hold it open, say nothing
-		}
-	}()
+	// Hold each connection open, saying nothing.
+	sock := unixServer(t, func(c net.Conn) { time.Sleep(time.Minute) })
 	proxy := startNbdkit(t, plugin, "socket="+sock, "timeout=1")
 	start := time.Now()
 	if _, err := runErr(t, "nbdinfo", "--size", unixURI(proxy)); err == nil {

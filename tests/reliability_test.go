@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package tests
 
 // Reliability: data integrity under load, no leaks, clients and servers
@@ -428,33 +430,16 @@ func TestNoServer(t *testing.T) {
 // with greeting followed by random bytes, and then reads all the peer
 // sends, or with hangUp closes the connection.
 func garbageServer(t *testing.T, greeting []byte, random int, hangUp bool) string {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "garbage.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				junk := make([]byte, random)
-				rand.Read(junk)
-				c.Write(append(append([]byte{}, greeting...), junk...))
-				if hangUp {
-					return
-				}
-				c.SetReadDeadline(time.Now().Add(30 * time.Second))
-				io.Copy(io.Discard, c)
-			}()
+	return unixServer(t, func(c net.Conn) {
+		junk := make([]byte, random)
+		rand.Read(junk)
+		c.Write(append(append([]byte{}, greeting...), junk...))
+		if hangUp {
+			return
 		}
-	}()
-	return sock
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		io.Copy(io.Discard, c)
+	})
 }
 
 func TestGarbageServer(t *testing.T) {

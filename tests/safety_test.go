@@ -251,36 +251,20 @@ h = nbd.NBD(); h.connect_unix(sys.argv[1]); h.pwrite(bytes([1]) * 65536, 0)
 // oldstyleServer answers the oldstyle handshake for a 1 MiB disk, then
 // replies to the first request with garbage.
 func oldstyleServer(t *testing.T) string {
-	sock := filepath.Join(t.TempDir(), "oldstyle.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				hello := make([]byte, 152)
-				copy(hello, "NBDMAGIC")
-				binary.BigEndian.PutUint64(hello[8:], 0x00420281861253)
-				binary.BigEndian.PutUint64(hello[16:], 1<<20)
-				binary.BigEndian.PutUint32(hello[24:], 1) // has flags
-				c.Write(hello)
-				req := make([]byte, 28)
-				if _, err := c.Read(req); err != nil {
-					return
-				}
-				c.Write(bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, 4))
-				time.Sleep(time.Second)
-			}(c)
+	return unixServer(t, func(c net.Conn) {
+		hello := make([]byte, 152)
+		copy(hello, "NBDMAGIC")
+		binary.BigEndian.PutUint64(hello[8:], 0x00420281861253)
+		binary.BigEndian.PutUint64(hello[16:], 1<<20)
+		binary.BigEndian.PutUint32(hello[24:], 1) // has flags
+		c.Write(hello)
+		req := make([]byte, 28)
+		if _, err := c.Read(req); err != nil {
+			return
 		}
-	}()
-	return sock
+		c.Write(bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, 4))
+		time.Sleep(time.Second)
+	})
 }
 
 // A protocol error is logged with libnbd's reason, not only "not

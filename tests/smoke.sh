@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # smoke.sh PLUGIN: serve a memory server through PLUGIN in daemon mode and
 # check that 4 MiB written through it read back identical.
 set -eu

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
 package tests
 
 // TLS to the server: X.509 certificates (verified by default, host name
