@@ -252,16 +252,36 @@ func (p *proc) launch() {
 	default:
 		cmd = exec.Command(p.o.prog, p.args...)
 	}
+	// stderr through a pipe of our own, not exec's copying: a child it
+	// leaves behind (qemu-nbd, a shell's sleep) may hold stderr open,
+	// which must not keep Wait waiting once the process has exited.
+	// (exec.Cmd.WaitDelay would do, from Go 1.20; go.mod says 1.19.)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan struct{})
+	go func() {
+		io.Copy(p.stderr, r)
+		r.Close()
+		close(copied)
+	}()
 	cmd.ExtraFiles = p.o.extra
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.o.stdin, p.o.stdout, p.stderr
-	// A child it leaves behind (qemu-nbd, a shell's sleep) may hold
-	// stderr open: do not wait for that once the process has exited.
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Start(); err != nil {
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.o.stdin, p.o.stdout, w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 	p.cmd, p.pid, p.done = cmd, cmd.Process.Pid, make(chan struct{})
-	go func(done chan struct{}) { p.err = cmd.Wait(); close(done) }(p.done)
+	go func(done chan struct{}) {
+		p.err = cmd.Wait()
+		select {
+		case <-copied:
+		case <-time.After(2 * time.Second):
+		}
+		close(done)
+	}(p.done)
 }
 
 func (p *proc) waitReady() {
