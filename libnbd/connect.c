@@ -7,8 +7,10 @@
  * ours to capture), until the handshake is done, fails, or the handle's
  * timeout passes.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,12 +25,32 @@ timed_out (struct gonbd_err *err, const char *what)
   return -1;
 }
 
-/* Run the state machine until done() says so, the connection dies, or
- * the deadline (ms, -1: none) passes.
+/* Capture libnbd's error as the error of call: the messages name the
+ * aio call that ran the state machine ("nbd_aio_notify_write: connect:
+ * Connection refused"), which says nothing to the user.
+ */
+static void
+capture_as (struct gonbd_err *err, const char *call)
+{
+  const char *rest;
+  char *msg;
+
+  gonbd_capture (err);
+  if (err->msg == NULL || strncmp (err->msg, "nbd_aio_", 8) != 0 ||
+      (rest = strstr (err->msg, ": ")) == NULL)
+    return;
+  if (asprintf (&msg, "%s%s", call, rest) >= 0) {
+    free (err->msg);
+    err->msg = msg;
+  }
+}
+
+/* Run the state machine of call until done() says so, the connection
+ * dies, or the deadline (ms, -1: none) passes.
  */
 static int
-run_until (struct gonbd *g, int (*done) (struct gonbd *), int64_t deadline,
-           const char *what, struct gonbd_err *err)
+run_until (struct gonbd *g, const char *call, int (*done) (struct gonbd *),
+           int64_t deadline, const char *what, struct gonbd_err *err)
 {
   struct pollfd pfd;
   unsigned dir;
@@ -38,7 +60,7 @@ run_until (struct gonbd *g, int (*done) (struct gonbd *), int64_t deadline,
     if (done (g))
       return 0;
     if (nbd_aio_is_dead (g->nbd) || nbd_aio_is_closed (g->nbd)) {
-      gonbd_capture (err);
+      capture_as (err, call);
       if (err->errnum == 0)
         err->errnum = ENOTCONN;
       return -1;
@@ -74,7 +96,7 @@ run_until (struct gonbd *g, int (*done) (struct gonbd *), int64_t deadline,
     else
       r = 0;
     if (r == -1) {
-      gonbd_capture (err);
+      capture_as (err, call);
       return -1;
     }
   }
@@ -89,53 +111,54 @@ connected (struct gonbd *g)
 
 /* Start an aio connect (r is its result) and wait for the handshake. */
 static int
-finish_connect (struct gonbd *g, int r, struct gonbd_err *err)
+finish_connect (struct gonbd *g, const char *call, int r,
+                struct gonbd_err *err)
 {
   if (r == -1) {
-    gonbd_capture (err);
+    capture_as (err, call);
     return -1;
   }
-  return run_until (g, connected, gonbd_deadline (g),
+  return run_until (g, call, connected, gonbd_deadline (g),
                     "connecting to the server timed out", err);
 }
 
 int
 gonbd_connect_unix (struct gonbd *g, const char *path, struct gonbd_err *err)
 {
-  return finish_connect (g, nbd_aio_connect_unix (g->nbd, path), err);
+  return finish_connect (g, "nbd_connect_unix", nbd_aio_connect_unix (g->nbd, path), err);
 }
 
 int
 gonbd_connect_tcp (struct gonbd *g, const char *host, const char *port,
                    struct gonbd_err *err)
 {
-  return finish_connect (g, nbd_aio_connect_tcp (g->nbd, host, port), err);
+  return finish_connect (g, "nbd_connect_tcp", nbd_aio_connect_tcp (g->nbd, host, port), err);
 }
 
 int
 gonbd_connect_vsock (struct gonbd *g, uint32_t cid, uint32_t port,
                      struct gonbd_err *err)
 {
-  return finish_connect (g, nbd_aio_connect_vsock (g->nbd, cid, port), err);
+  return finish_connect (g, "nbd_connect_vsock", nbd_aio_connect_vsock (g->nbd, cid, port), err);
 }
 
 int
 gonbd_connect_uri (struct gonbd *g, const char *uri, struct gonbd_err *err)
 {
-  return finish_connect (g, nbd_aio_connect_uri (g->nbd, uri), err);
+  return finish_connect (g, "nbd_connect_uri", nbd_aio_connect_uri (g->nbd, uri), err);
 }
 
 int
 gonbd_connect_socket (struct gonbd *g, int fd, struct gonbd_err *err)
 {
-  return finish_connect (g, nbd_aio_connect_socket (g->nbd, fd), err);
+  return finish_connect (g, "nbd_connect_socket", nbd_aio_connect_socket (g->nbd, fd), err);
 }
 
 int
 gonbd_connect_systemd_socket_activation (struct gonbd *g, char **argv,
                                          struct gonbd_err *err)
 {
-  return finish_connect (g,
+  return finish_connect (g, "nbd_connect_systemd_socket_activation",
       nbd_aio_connect_systemd_socket_activation (g->nbd, argv), err);
 }
 
@@ -167,7 +190,7 @@ gonbd_opt_go (struct gonbd *g, struct gonbd_err *err)
     gonbd_capture (err);
     return -1;
   }
-  if (run_until (g, opt_answered, gonbd_deadline (g),
+  if (run_until (g, "nbd_opt_go", opt_answered, gonbd_deadline (g),
                  "negotiating with the server timed out", err) == -1)
     return -1;
   if (g->opt_error || !nbd_aio_is_ready (g->nbd)) {

@@ -288,3 +288,30 @@ except nbd.Error as e:
 		t.Fatalf("the log lacks libnbd's reason:\n%s", log)
 	}
 }
+
+// A failed connect is logged as the connect call libnbd made, with its
+// reason, as the C plugin logs it (not the aio call that ran libnbd's
+// state machine).
+func TestConnectErrorNamesTheCall(t *testing.T) {
+	need(t, "nbdinfo")
+	proxy := start(t, procOpts{}, plugin, "socket="+filepath.Join(t.TempDir(), "nothing.sock"))
+	if _, err := runErr(t, "nbdinfo", "--size", unixURI(proxy.sock)); err == nil {
+		t.Fatal("a client was served with no server")
+	}
+	log := proxy.stderr.String()
+	if !strings.Contains(log, "nbd_connect_unix: connect: No such file or directory") ||
+		strings.Contains(log, "nbd_aio_") {
+		t.Fatalf("the log does not name the connect call and its reason:\n%s", log)
+	}
+}
+
+// An NBD URI's scheme is case-insensitive: the start-up check and the
+// connection agree.
+func TestURISchemeCase(t *testing.T) {
+	need(t, "nbdkit-memory-plugin", "nbdinfo")
+	server := startServer(t, "memory", "1M")
+	proxy := startProxy(t, "uri=NBD+UNIX:///?socket="+server)
+	if out := strings.TrimSpace(run(t, "nbdinfo", "--size", unixURI(proxy))); out != "1048576" {
+		t.Fatalf("nbdinfo --size said %q", out)
+	}
+}
