@@ -46,8 +46,21 @@ func (c combo) params() []string {
 	return p
 }
 
+// String names the combination briefly (its temporary directories,
+// where the sockets are, are named after it, and a Unix socket's path
+// is short): mode, shared=, then R reconnect-delay, r retry, T timeout,
+// D dynamic-export, E export for those given.
 func (c combo) String() string {
-	return strings.Join(append([]string{c.mode}, c.params()...), ",")
+	letters := ""
+	for _, p := range []struct{ value, letter string }{
+		{c.reconnect, "R"}, {c.retry, "r"}, {c.timeout, "T"},
+		{c.dynamicExport, "D"}, {c.export, "E"},
+	} {
+		if p.value != "" {
+			letters += p.letter
+		}
+	}
+	return fmt.Sprintf("%s/shared=%s/%s", c.mode, c.shared, letters)
 }
 
 // refusedFor is the oracle: the keys of the rules that refuse the
