@@ -22,6 +22,7 @@ type Error struct {
 	Errno syscall.Errno
 }
 
+// Error is libnbd's message, or the call and the errno.
 func (e *Error) Error() string {
 	if e.Msg != "" {
 		return e.Msg // libnbd's messages start with the call's name
