@@ -145,7 +145,7 @@ fuzz:
 # The whole suite once more with cgo's strict pointer checks compiled in.
 check-cgocheck2:
 	$(MAKE) clean
-	GOEXPERIMENT=cgocheck2 $(MAKE) $(PLUGIN) $(RAMDISK)
+	GOEXPERIMENT=cgocheck2 $(MAKE) all
 	$(GO) test -count=1 -short -timeout 12m ./tests
 	$(MAKE) clean
 
