@@ -104,7 +104,7 @@ check-unit: $(PLUGIN)
 # dependencies of debian/control (apt-get build-dep), then the Debian
 # package, built with Debian's Go, checked by lintian, installed and
 # removed (tests/packaging_debian_test.go).  Not part of `make check`.
-check-packaging: $(PLUGIN)
+check-packaging: all
 	apt-get build-dep -y ./
 	$(GO) test -tags packaging -count=1 -v -run 'TestDebian' -timeout 20m ./tests
 
