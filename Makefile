@@ -106,6 +106,7 @@ check-unit: $(PLUGIN)
 # removed (tests/packaging_debian_test.go).  Not part of `make check`.
 check-packaging: all
 	apt-get build-dep -y ./
+	apt-get install -y --no-install-recommends lintian
 	$(GO) test -tags packaging -count=1 -v -run 'TestDebian' -timeout 20m ./tests
 
 # `make check` on Debian 13, in a debootstrap chroot (.ci/check-debian13).

@@ -19,17 +19,6 @@ import (
 // package build so that the build uses it, as a Debian build would.
 const debianGo = "/usr/lib/go/bin"
 
-// needTools skips the test, naming the first tool that is missing
-// (as nbdkit's tests exit 77).
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is missing (%v)", tool, err)
-		}
-	}
-}
-
 // buildDeb runs dpkg-buildpackage in a copy of the tree, without -d
 // (the Build-Depends must be satisfied, with Debian's golang-go), and
 // returns the build log and the directory holding the results.
@@ -52,7 +41,7 @@ func buildDeb(t *testing.T, env ...string) (log, outdir string) {
 // lintian --pedantic, installs, and `nbdkit nbd-go` finds the plugin by
 // its short name.
 func TestDebianPackage(t *testing.T) {
-	needTools(t, "dpkg-buildpackage", "dpkg-checkbuilddeps", "lintian", "dpkg-buildflags", debianGo+"/go")
+	need(t, "dpkg-buildpackage", "dpkg-checkbuilddeps", "lintian", "dpkg-buildflags", debianGo+"/go")
 	if out, err := exec.Command("dpkg-checkbuilddeps", "../debian/control").CombinedOutput(); err != nil {
 		t.Fatalf("the Build-Depends are not met (make check-packaging runs apt-get build-dep): %v\n%s", err, out)
 	}
@@ -110,7 +99,7 @@ func TestDebianPackage(t *testing.T) {
 // With DEB_BUILD_OPTIONS=nocheck the package builds without running
 // its tests.
 func TestDebianPackageNocheck(t *testing.T) {
-	needTools(t, "dpkg-buildpackage", debianGo+"/go")
+	need(t, "dpkg-buildpackage", debianGo+"/go")
 	log, _ := buildDeb(t, "DEB_BUILD_OPTIONS=nocheck")
 	if strings.Contains(log, "check-unit") || strings.Contains(log, "smoke: ") {
 		t.Errorf("tests ran with DEB_BUILD_OPTIONS=nocheck:\n%s", log)
