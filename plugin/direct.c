@@ -193,7 +193,7 @@ serve (struct path *p, struct engine_request *req, char **msg)
 {
   struct engine_result res;
   struct link *l = acquire (p), *next;
-  int64_t start = p->reconnect_ms ? engine_now_ms () : 0, deadline = -1;
+  int64_t deadline = -1;
   char *text;
 
   for (;;) {
@@ -203,13 +203,12 @@ serve (struct path *p, struct engine_request *req, char **msg)
     if (engine_command (l->engine, req, &res) != ENGINE_CONN_FAILED ||
         p->reconnect_ms == 0)
       break;
-    /* reconnect-delay counts from the failure (for a timeout, from
-     * when it ended the connection), or from the request's start if
-     * the connection had failed before.
+    /* reconnect-delay counts from the failure: libnbd fails every
+     * command at once when the connection dies or is ended, and
+     * refuses new ones, so that is now.
      */
     if (deadline < 0)
-      deadline = (res.failed_at > start ? res.failed_at : start) +
-        p->reconnect_ms;
+      deadline = engine_now_ms () + p->reconnect_ms;
     log_failure (p, l, res.msg);
     if (is_write (req->op) && !res.not_sent &&
         !engine_server_closed (l->engine, deadline)) {

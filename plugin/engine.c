@@ -62,7 +62,6 @@ struct engine {
   struct cmd *_Atomic to_issue; /* left for io_lock's holder */
 
   _Atomic int ending;           /* RUNNING, ENDED or ENDED_BLIND */
-  _Atomic int64_t failed_at;    /* engine_now_ms when it ended or died */
   _Atomic int timed_out;        /* ended because of a timeout */
   char *_Atomic cause;          /* libnbd's first error on this connection */
 
@@ -166,15 +165,6 @@ note_cause (struct engine *e)
 
 static void drain_and_unlock (struct engine *e);
 
-/* The time the connection was first seen failed or ended. */
-static void
-note_failure (struct engine *e)
-{
-  int64_t none = 0;
-
-  atomic_compare_exchange_strong (&e->failed_at, &none, engine_now_ms ());
-}
-
 /* End the connection now, for every command in flight (see "Ending a
  * connection" in engine.h): the server is told that no more requests
  * come (our sending half is shut), and libnbd's descriptor is pointed
@@ -192,7 +182,6 @@ end_connection (struct engine *e)
 
   if (atomic_exchange (&e->ending, ENDED) != RUNNING)
     return;
-  note_failure (e);
   shutdown (e->sock_fd, SHUT_WR);
   pthread_mutex_lock (&e->io_lock);
   fd = nbd_aio_get_fd (e->nbd);
@@ -549,10 +538,8 @@ lead (struct engine *e, struct cmd *c)
   /* libnbd closed its descriptor of a dead connection; ours keeps the
    * socket open, so tell the server that we are done with it.
    */
-  if (dead (e)) {
-    note_failure (e);
+  if (dead (e))
     shutdown (e->sock_fd, SHUT_WR);
-  }
   hand_off (e);
 }
 
@@ -653,9 +640,7 @@ engine_command (struct engine *e, struct engine_request *req,
   }
   free (c.refused_msg);
   if (c.refused || (c.error && engine_is_dead (e))) {
-    note_failure (e);
     res->outcome = ENGINE_CONN_FAILED;
-    res->failed_at = atomic_load (&e->failed_at);
     res->not_sent = c.refused;
     res->timed_out = atomic_load (&e->timed_out);
     res->errnum = c.error ? c.error : ENOTCONN;

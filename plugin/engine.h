@@ -104,8 +104,6 @@ struct engine_result {
   int errnum;                   /* the errno for the client, if not OK */
   int timed_out;                /* the connection was ended for a timeout */
   int not_sent;                 /* CONN_FAILED: it never left this process */
-  int64_t failed_at;            /* CONN_FAILED: when the connection failed
-                                   (engine_now_ms) */
   char *msg;                    /* malloc'd message, or NULL */
 };
 
