@@ -10,11 +10,9 @@ package tests
 // fds, threads and child processes are back where they were.
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -224,7 +222,7 @@ func (s *comboServer) kill(proxy *proc) {
 	if len(kids) != 1 {
 		s.t.Fatalf("the proxy has %d child processes, want its one server", len(kids))
 	}
-	if err := killPid(kids[0]); err != nil {
+	if err := syscall.Kill(kids[0], syscall.SIGKILL); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -291,36 +289,22 @@ func TestCombinations(t *testing.T) {
 }
 
 // comboRefused: exit status 1 before serving, one line naming a key, no
-// socket and no pid file left.
+// socket and no pid file left (tryConfig checks those), in daemon mode.
 func comboRefused(t *testing.T, s *comboServer, params, keys []string) {
-	dir := t.TempDir()
-	sock, pidFile := filepath.Join(dir, "proxy.sock"), filepath.Join(dir, "pid")
 	var extra []*os.File
 	if s.fd != nil {
 		extra = []*os.File{s.fd}
 	}
-	p := start(t, procOpts{bare: true, noWait: true, extra: extra},
-		append([]string{"-U", sock, "-P", pidFile, plugin}, params...)...)
-	err := waitTimeout(p, 20*time.Second)
-	if code := exitCode(err); code != 1 {
-		t.Fatalf("exit status %d (%v), want 1; stderr: %s", code, err, p.stderr.String())
+	code, msg := tryConfig(t, nil, plugin, params, extra...)
+	if code != 1 || msg == "" || strings.Contains(msg, "\n") {
+		t.Fatalf("exit status %d, want 1 and one line; stderr: %q", code, msg)
 	}
-	lines := strings.Split(strings.TrimSpace(p.stderr.String()), "\n")
-	if len(lines) != 1 {
-		t.Fatalf("want one line, got %q", lines)
-	}
-	named := false
 	for _, k := range keys {
-		named = named || strings.Contains(lines[0], k)
-	}
-	if !named {
-		t.Fatalf("%q names none of %q", lines[0], keys)
-	}
-	for _, f := range []string{sock, pidFile} {
-		if _, err := os.Stat(f); err == nil {
-			t.Fatalf("%s was left behind", f)
+		if strings.Contains(msg, k) {
+			return
 		}
 	}
+	t.Fatalf("%q names none of %q", msg, keys)
 }
 
 // comboServed checks what clients see, before and after the server is
@@ -379,29 +363,3 @@ func comboServed(t *testing.T, s *comboServer, c combo, params []string) {
 		t.Fatalf("nbdkit has %d child processes, had %d", len(kids), baseKids)
 	}
 }
-
-// waitTimeout waits up to d for p to exit and returns how it did.
-func waitTimeout(p *proc, d time.Duration) error {
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(d):
-		p.kill()
-		return fmt.Errorf("%s still runs after %v", p, d)
-	}
-}
-
-// exitCode is a process's exit status, or -1.
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	if err == nil {
-		return 0
-	}
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	return -1
-}
-
-// killPid sends SIGKILL to a process that is not ours to wait for.
-func killPid(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }

@@ -122,10 +122,10 @@ func refusedBeforeServing(t *testing.T, mode []string, so string, params []strin
 }
 
 // tryConfig runs nbdkit with the options of mode (daemon mode if none),
-// so and params, and returns its exit status and stderr (trimmed).  It
-// fails the test if nbdkit leaves a pid file or a socket, and kills a
-// daemon that started.
-func tryConfig(t *testing.T, mode []string, so string, params []string) (int, string) {
+// so and params (and extra as fds 3, 4, ...), and returns its exit
+// status and stderr (trimmed).  It fails the test if nbdkit leaves a pid
+// file or a socket, and kills a daemon that started.
+func tryConfig(t *testing.T, mode []string, so string, params []string, extra ...*os.File) (int, string) {
 	t.Helper()
 	dir := t.TempDir()
 	sock, pidFile := filepath.Join(dir, "s"), filepath.Join(dir, "p")
@@ -134,7 +134,7 @@ func tryConfig(t *testing.T, mode []string, so string, params []string) (int, st
 		args = append(args, "-U", sock)
 	}
 	args = append(append(append(args, mode...), so), params...)
-	_, stderr, err := runOut(t, "nbdkit", args...)
+	_, stderr, err := runOutFiles(t, extra, "nbdkit", args...)
 	code := 0
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {

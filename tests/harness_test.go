@@ -586,9 +586,16 @@ func runErr(t testing.TB, name string, args ...string) (string, error) {
 // trace.
 func runOut(t testing.TB, name string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
+	return runOutFiles(t, nil, name, args...)
+}
+
+// runOutFiles is runOut, handing the command extra (as fds 3, 4, ...).
+func runOutFiles(t testing.TB, extra []*os.File, name string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.ExtraFiles = extra
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()
