@@ -183,13 +183,24 @@ debug_to_go (void *user_data, const char *context, const char *msg)
   return 0;
 }
 
+/* libnbd calls this once the callback can no longer be called (it was
+ * replaced, the handle closed, wherever it went after Release, or the
+ * call failed): the cgo.Handle is deleted then, not before.
+ */
+static void
+debug_free (void *user_data)
+{
+  gonbdDebugFree ((uintptr_t) user_data);
+}
+
 int
 gonbd_set_debug (struct gonbd *g, int b, uintptr_t go_callback,
                  struct gonbd_err *err)
 {
   if (b && go_callback &&
       nbd_set_debug_callback (g->nbd, (nbd_debug_callback) {
-          .callback = debug_to_go, .user_data = (void *) go_callback }) == -1) {
+          .callback = debug_to_go, .user_data = (void *) go_callback,
+          .free = debug_free }) == -1) {
     gonbd_capture (err);
     return -1;
   }

@@ -49,8 +49,7 @@ var ErrClosed = errors.New("libnbd: handle is closed")
 
 // Handle is a libnbd handle.
 type Handle struct {
-	c     *C.struct_gonbd
-	debug cgo.Handle // the debug callback, while set
+	c *C.struct_gonbd
 }
 
 // Create makes a new handle.
@@ -71,10 +70,6 @@ func (h *Handle) Close() {
 	}
 	C.gonbd_close(h.c)
 	h.c = nil
-	if h.debug != 0 {
-		h.debug.Delete()
-		h.debug = 0
-	}
 }
 
 // check runs a wrapper that returns -1 on error, on an open handle.
@@ -167,18 +162,16 @@ func (h *Handle) SetTLSPSKFile(file string) error {
 }
 
 // SetDebug turns libnbd's debug messages on or off; with f non-nil they
-// go to f instead of stderr.  f may be called on any thread.
+// go to f instead of stderr.  f may be called on any thread, for as long
+// as libnbd has the handle (after Release too); libnbd lets go of f
+// when it is replaced or the handle is closed.
 func (h *Handle) SetDebug(on bool, f func(context, msg string)) error {
 	if h.c == nil {
 		return ErrClosed
 	}
 	var cb C.uintptr_t
 	if on && f != nil {
-		if h.debug != 0 {
-			h.debug.Delete()
-		}
-		h.debug = cgo.NewHandle(f)
-		cb = C.uintptr_t(h.debug)
+		cb = C.uintptr_t(cgo.NewHandle(f))
 	}
 	return h.check("nbd_set_debug", func(e *C.struct_gonbd_err) C.int { return C.gonbd_set_debug(h.c, cbool(on), cb, e) })
 }
@@ -187,6 +180,9 @@ func (h *Handle) SetDebug(on bool, f func(context, msg string)) error {
 func gonbdDebug(f C.uintptr_t, context, msg *C.char) {
 	cgo.Handle(f).Value().(func(string, string))(C.GoString(context), C.GoString(msg))
 }
+
+//export gonbdDebugFree
+func gonbdDebugFree(f C.uintptr_t) { cgo.Handle(f).Delete() }
 
 // SetConnectTimeout bounds connecting (Connect*, OptGo): a server that
 // has not finished the handshake in d fails it with ETIMEDOUT.  Zero

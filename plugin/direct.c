@@ -7,22 +7,33 @@
  * and where a request meets a failed connection.
  *
  * Server connections.  A path has a current connection (a link: an
- * engine and the number of requests using it).  Without
- * reconnect-delay it is the first one for the path's whole life, and
- * requests use it without counting.  With reconnect-delay a request that
- * finds the connection failed waits for a new one (Go dials it: see
- * upstream.go, nbdgoRedial) and runs again on it; each request counts
- * itself on the link it uses, under lock, so that a replaced connection
- * is closed (its socket, eventfd and, for command=, its server process
- * freed) as soon as the last request using it has let go.
+ * engine, the number of requests using it, and its generation, which
+ * counts the path's connections).  Without reconnect-delay it is the
+ * first one for the path's whole life, and requests use it without
+ * counting.  With reconnect-delay a request that finds the connection
+ * failed waits for a new one (Go dials it: see upstream.go,
+ * nbdgoRedial) and runs again on it; each request counts itself on the
+ * link it uses, under lock, so that a replaced connection is closed (its
+ * socket, eventfd and, for command=, its server process) once the last
+ * request using it has let go: in a thread of its own, so that neither
+ * a request nor Go waits for a server to say goodbye.
  *
- * Resending is sound because a request whose reply never came may or may
- * not have happened, and NBD's commands may be repeated.  Except for
- * order: a write resent while the server may still apply the first copy
- * could land under a later write.  So a write (pwrite, zero, trim) that
- * was sent on a failed connection is resent only once the server has
- * closed that connection (engine_server_closed); if it does not within
- * reconnect-delay, the write fails with EIO.
+ * What a client can rely on (the man page's CONNECTION FAILURES):
+ *  - Resending.  A read, and any request the server certainly did not
+ *    carry out (engine.h: ENGINE_NOT_DONE), is sent again on the new
+ *    connection.  So is a write in doubt (sent, unanswered): the same
+ *    bytes again; what keeps its old copy from landing on a newer write
+ *    is the fence of doubt.h, which every write passes before it is
+ *    sent, and a write in doubt is recorded there before its request
+ *    answers.
+ *  - Flushes.  A server that accepts flush may hold acknowledged writes
+ *    in a volatile cache, and a flush on a new connection covers only
+ *    what the new connection's server has.  So each client (an nbdkit
+ *    connection: struct client; in shared mode many share a path)
+ *    remembers the oldest generation on which it had a write (not FUA)
+ *    acknowledged that no flush has covered yet; its next flush fails
+ *    with EIO if that generation is older than the one the flush
+ *    succeeded on.  That flush settles it: later flushes work normally.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,27 +43,51 @@
 #include <string.h>
 
 #include "direct.h"
+#include "doubt.h"
 #include "host.h"
 #include "_cgo_export.h"
 
 /* One server connection and the requests using it (under path.lock). */
 struct link {
   struct engine *engine;
+  uint64_t gen;                 /* 1 for the path's first connection */
+  struct fate *fate;            /* of its writes in doubt (doubt.h) */
+  int64_t timeout_ms;           /* bounds closing it */
+  int server_exits;             /* closing it ends its server */
   int refs;                     /* the path's own, plus one per request */
   int logged;                   /* its failure has been logged */
 };
 
 struct path {
-  struct nbdkitgo_direct ops;   /* ops.ctx points back here */
   int64_t reconnect_ms;         /* reconnect-delay; 0: off */
-  int64_t timeout_ms;           /* bounds closing, as each command */
+  int64_t timeout_ms;           /* bounds closing connections */
+  int server_exits;             /* closing a connection ends its server
+                                   (command=): its doubts can end */
   uintptr_t go_ref;             /* the Go upstream, for nbdgoRedial */
 
-  pthread_mutex_t lock;         /* protects cur, link refs, redialing */
-  pthread_cond_t changed;       /* cur changed, or a redial ended */
+  pthread_mutex_t lock;         /* protects cur, link refs, gens,
+                                   redialing, closing */
+  pthread_cond_t changed;       /* cur changed, a redial or a close ended */
   struct link *cur;
+  uint64_t last_gen;
   int redialing;
+  int closing;                  /* links being closed in the background */
 };
+
+/* An nbdkit connection's data path (see "Flushes" above). */
+struct client {
+  struct nbdkitgo_direct ops;   /* ops.ctx points back here */
+  struct path *path;
+  int tracks;                   /* whether to watch for unflushed writes */
+
+  pthread_mutex_t lock;         /* protects what follows */
+  uint64_t open_oldest;         /* since the latest flush began */
+  uint64_t carried_oldest;      /* before it, not yet settled */
+  uint64_t flushes;             /* flushes begun */
+};
+
+/* No unflushed write (a generation no link has). */
+#define NO_GEN UINT64_MAX
 
 static const char *const op_names[] = {
   [ENGINE_PREAD] = "pread", [ENGINE_PWRITE] = "pwrite",
@@ -61,35 +96,107 @@ static const char *const op_names[] = {
   [ENGINE_BLOCK_STATUS] = "block_status",
 };
 
+/* A link over e (path.lock held, or the path not yet shared). */
 static struct link *
-link_new (struct engine *e)
+link_new (struct path *p, struct engine *e)
 {
   struct link *l = malloc (sizeof *l);
 
-  if (l) {
-    l->engine = e;
-    l->refs = 1;
-    l->logged = 0;
+  if (l == NULL)
+    return NULL;
+  l->fate = fate_new (p->server_exits);
+  if (l->fate == NULL) {
+    free (l);
+    return NULL;
   }
+  l->engine = e;
+  l->gen = ++p->last_gen;
+  l->timeout_ms = p->timeout_ms;
+  l->server_exits = p->server_exits;
+  l->refs = 1;
+  l->logged = 0;
   return l;
 }
 
-/* Drop one reference (path.lock held); the caller closes what this
+/* Close l's connection.  Once engine_close has returned, a server that
+ * libnbd started has exited (nbd_close waits for it), so nothing it was
+ * sent can still land.
+ */
+static void
+link_close (struct link *l)
+{
+  engine_close (l->engine, l->timeout_ms);
+  if (l->server_exits)
+    fate_end (l->fate);
+  fate_put (l->fate);
+  free (l);
+}
+
+/* A link being closed in a thread of its own. */
+struct closer {
+  struct path *path;
+  struct link *link;
+};
+
+static void
+closed_one (struct path *p)
+{
+  pthread_mutex_lock (&p->lock);
+  p->closing--;
+  pthread_cond_broadcast (&p->changed);
+  pthread_mutex_unlock (&p->lock);
+}
+
+static void *
+close_in_background (void *arg)
+{
+  struct closer *c = arg;
+
+  link_close (c->link);
+  closed_one (c->path);
+  free (c);
+  return NULL;
+}
+
+/* Close a replaced link (path.lock not held) without waiting for it:
+ * a polite goodbye can take up to timeout=, and a server we started must
+ * exit.  path_free waits for these.
+ */
+static void
+retire (struct path *p, struct link *l)
+{
+  struct closer *c;
+  pthread_attr_t attr;
+  pthread_t t;
+  int err = -1;
+
+  if (l == NULL)
+    return;
+  pthread_mutex_lock (&p->lock);
+  p->closing++;
+  pthread_mutex_unlock (&p->lock);
+  c = malloc (sizeof *c);
+  if (c) {
+    *c = (struct closer) { .path = p, .link = l };
+    pthread_attr_init (&attr);
+    pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+    err = pthread_create (&t, &attr, close_in_background, c);
+    pthread_attr_destroy (&attr);
+  }
+  if (err != 0) {               /* no thread: close it here */
+    free (c);
+    link_close (l);
+    closed_one (p);
+  }
+}
+
+/* Drop one reference (path.lock held); the caller retires what this
  * returns, after unlocking.
  */
 static struct link *
 unref (struct link *l)
 {
   return --l->refs == 0 ? l : NULL;
-}
-
-static void
-link_close (struct path *p, struct link *l)
-{
-  if (l) {
-    engine_close (l->engine, p->timeout_ms);
-    free (l);
-  }
 }
 
 static struct link *
@@ -114,7 +221,7 @@ release (struct path *p, struct link *l)
   pthread_mutex_lock (&p->lock);
   l = unref (l);
   pthread_mutex_unlock (&p->lock);
-  link_close (p, l);
+  retire (p, l);
 }
 
 /* Log, once per connection, why it failed: the requests it takes down
@@ -186,57 +293,75 @@ set_msg (char **msg, int op, char *text)
 }
 
 /* Run a request, on a new connection as often as reconnect-delay
- * allows.  Returns 0 or the errno for the client (*msg says why).
+ * allows.  Returns 0 or the errno for the client (*msg says why); *gen
+ * is the generation of the connection it succeeded on.
  */
 static int
-serve (struct path *p, struct engine_request *req, char **msg)
+serve (struct path *p, struct engine_request *req, uint64_t *gen,
+       char **msg)
 {
-  struct engine_result res;
+  struct engine_result res = { .outcome = ENGINE_OK };
   struct link *l = acquire (p), *next;
+  /* reconnect-delay's deadline, from the first failure: libnbd fails
+   * every command at once when the connection dies or is ended, and
+   * refuses new ones, so that is now.
+   */
   int64_t deadline = -1;
-  char *text;
+  uint64_t id = is_write (req->op) ? doubt_new_id () : 0;
+  char *text = NULL;
+  int r = 0;
 
   for (;;) {
+    if (id) {
+      r = doubt_wait (id, req->offset, req->count,
+                      deadline >= 0 ? deadline :
+                      engine_now_ms () + p->reconnect_ms, &text);
+      if (r)
+        break;
+    }
     free (req->entries);
     req->entries = NULL;
     req->nr_entries = 0;
-    if (engine_command (l->engine, req, &res) != ENGINE_CONN_FAILED ||
-        p->reconnect_ms == 0)
+    if (engine_command (l->engine, req, &res) != ENGINE_CONN_FAILED)
       break;
-    /* reconnect-delay counts from the failure: libnbd fails every
-     * command at once when the connection dies or is ended, and
-     * refuses new ones, so that is now.
-     */
+    /* Recorded before this request answers (doubt.h). */
+    if (id && res.fate == ENGINE_IN_DOUBT &&
+        doubt_add (l->fate, id, req->offset, req->count) == -1)
+      break;
+    if (p->reconnect_ms == 0)
+      break;
     if (deadline < 0)
       deadline = engine_now_ms () + p->reconnect_ms;
     log_failure (p, l, res.msg);
-    if (is_write (req->op) && !res.not_sent &&
-        !engine_server_closed (l->engine, deadline)) {
-      free (res.msg);
-      res.errnum = EIO;
-      res.msg = strdup ("the server connection failed and the server did "
-                        "not close it within reconnect-delay; not resending "
-                        "the write, which the server may still apply");
-      break;
-    }
+    free (res.msg);
+    res.msg = NULL;
     next = replacement (p, l, deadline);
     release (p, l);
-    if (next == NULL) {
-      free (res.msg);
+    l = next;
+    if (l == NULL) {
       if (asprintf (&text, "no working server connection within "
                     "reconnect-delay=%g", p->reconnect_ms / 1000.0) == -1)
         text = NULL;
-      set_msg (msg, req->op, text);
-      return EIO;
+      r = EIO;
+      break;
     }
-    free (res.msg);
-    l = next;
   }
-  release (p, l);
-  if (res.outcome == ENGINE_OK)
+  if (l) {
+    *gen = l->gen;
+    release (p, l);
+  }
+  if (id)
+    doubt_forget (id);
+  if (r == 0 && res.outcome == ENGINE_OK)
     return 0;
-  set_msg (msg, req->op, res.msg);
-  return res.errnum;
+  if (r == 0) {
+    r = res.errnum;
+    text = res.msg;
+  }
+  else
+    free (res.msg);
+  set_msg (msg, req->op, text);
+  return r;
 }
 
 static uint32_t
@@ -245,27 +370,53 @@ fua (uint32_t flags)
   return (flags & NBDKITGO_FLAG_FUA) ? LIBNBD_CMD_FLAG_FUA : 0;
 }
 
+/* A write (not a trim: one lost with a server's cache leaves the old
+ * bytes, which a trim allows) is remembered, unless it had FUA, until a
+ * flush covers it.
+ */
+static int
+serve_write (struct client *c, struct engine_request *req, char **msg)
+{
+  uint64_t gen;
+  int r = serve (c->path, req, &gen, msg);
+
+  if (r == 0 && c->tracks && req->op != ENGINE_TRIM &&
+      !(req->flags & LIBNBD_CMD_FLAG_FUA)) {
+    pthread_mutex_lock (&c->lock);
+    if (gen < c->open_oldest)
+      c->open_oldest = gen;
+    pthread_mutex_unlock (&c->lock);
+  }
+  return r;
+}
+
 /* A request of op without a buffer. */
 static int
 serve_op (void *ctx, int op, uint32_t count, uint64_t offset,
           uint32_t nbd_flags, char **msg)
 {
+  struct client *c = ctx;
   struct engine_request req = {
     .op = op, .count = count, .offset = offset, .flags = nbd_flags,
   };
+  uint64_t gen;
 
-  return serve (ctx, &req, msg);
+  if (is_write (op))
+    return serve_write (c, &req, msg);
+  return serve (c->path, &req, &gen, msg);
 }
 
 static int
 d_pread (void *ctx, void *buf, uint32_t count, uint64_t offset,
          uint32_t flags, char **msg)
 {
+  struct client *c = ctx;
   struct engine_request req = {
     .op = ENGINE_PREAD, .buf = buf, .count = count, .offset = offset,
   };
+  uint64_t gen;
 
-  return serve (ctx, &req, msg);
+  return serve (c->path, &req, &gen, msg);
 }
 
 static int
@@ -277,13 +428,7 @@ d_pwrite (void *ctx, const void *buf, uint32_t count, uint64_t offset,
     .offset = offset, .flags = fua (flags),
   };
 
-  return serve (ctx, &req, msg);
-}
-
-static int
-d_flush (void *ctx, uint32_t flags, char **msg)
-{
-  return serve_op (ctx, ENGINE_FLUSH, 0, 0, 0, msg);
+  return serve_write (ctx, &req, msg);
 }
 
 static int
@@ -307,6 +452,46 @@ d_zero (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
   return serve_op (ctx, ENGINE_ZERO, count, offset, f, msg);
 }
 
+/* A flush covers the writes acknowledged before it began, but only on
+ * the connection it succeeded on (see "Flushes" above).
+ */
+static int
+d_flush (void *ctx, uint32_t flags, char **msg)
+{
+  struct client *c = ctx;
+  struct engine_request req = { .op = ENGINE_FLUSH };
+  uint64_t oldest = NO_GEN, nr = 0, gen = 0;
+  int r;
+
+  if (!c->tracks)
+    return serve (c->path, &req, &gen, msg);
+  pthread_mutex_lock (&c->lock);
+  if (c->open_oldest < c->carried_oldest)
+    c->carried_oldest = c->open_oldest;
+  c->open_oldest = NO_GEN;
+  oldest = c->carried_oldest;
+  nr = ++c->flushes;
+  pthread_mutex_unlock (&c->lock);
+
+  r = serve (c->path, &req, &gen, msg);
+  /* This flush settles what it carried: covered if it succeeded on the
+   * connection those writes were acknowledged on, reported otherwise.
+   * A flush begun since carries the same, and settles it itself.
+   */
+  pthread_mutex_lock (&c->lock);
+  if (nr == c->flushes)
+    c->carried_oldest = NO_GEN;
+  pthread_mutex_unlock (&c->lock);
+  if (r == 0 && oldest < gen) {
+    *msg = strdup ("flush: writes acknowledged on a server connection "
+                   "that has since failed may not be on stable storage: "
+                   "the server has a write cache, and this flush went to "
+                   "a new connection, which cannot cover them");
+    r = EIO;
+  }
+  return r;
+}
+
 static int
 d_cache (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
          char **msg)
@@ -321,15 +506,17 @@ static int
 d_extents (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
            struct nbdkit_extents *e, char **msg)
 {
+  struct client *c = ctx;
   struct engine_request req = {
     .op = ENGINE_BLOCK_STATUS, .count = count, .offset = offset,
     .flags = (flags & NBDKITGO_FLAG_REQ_ONE) ? LIBNBD_CMD_FLAG_REQ_ONE : 0,
     .context = LIBNBD_CONTEXT_BASE_ALLOCATION,
   };
+  uint64_t gen;
   size_t i;
   int r;
 
-  r = serve (ctx, &req, msg);
+  r = serve (c->path, &req, &gen, msg);
   if (r == 0 && req.nr_entries < 2) {
     *msg = strdup ("block_status: the server sent no extents");
     r = EIO;
@@ -346,23 +533,21 @@ d_extents (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
 
 struct path *
 path_new (struct engine *e, int64_t reconnect_ms, int64_t timeout_ms,
-          uintptr_t go_ref)
+          int server_exits, uintptr_t go_ref)
 {
   struct path *p = calloc (1, sizeof *p);
   pthread_condattr_t attr;
 
-  if (p == NULL || (p->cur = link_new (e)) == NULL) {
+  if (p == NULL)
+    return NULL;
+  p->reconnect_ms = reconnect_ms;
+  p->timeout_ms = timeout_ms;
+  p->server_exits = server_exits;
+  p->go_ref = go_ref;
+  if ((p->cur = link_new (p, e)) == NULL) {
     free (p);
     return NULL;
   }
-  p->ops = (struct nbdkitgo_direct) {
-    .ctx = p, .pread = d_pread, .pwrite = d_pwrite, .flush = d_flush,
-    .trim = d_trim, .zero = d_zero, .cache = d_cache,
-    .extents = d_extents,
-  };
-  p->reconnect_ms = reconnect_ms;
-  p->timeout_ms = timeout_ms;
-  p->go_ref = go_ref;
   pthread_mutex_init (&p->lock, NULL);
   pthread_condattr_init (&attr);
   pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
@@ -371,20 +556,13 @@ path_new (struct engine *e, int64_t reconnect_ms, int64_t timeout_ms,
   return p;
 }
 
-const struct nbdkitgo_direct *path_ops (struct path *p) { return &p->ops; }
-
-int
-path_is_dead (struct path *p)
-{
-  return engine_is_dead (p->cur->engine);
-}
-
 void
 path_install (struct path *p, struct engine *e)
 {
-  struct link *l = link_new (e), *old = NULL;
+  struct link *l, *old = NULL;
 
   pthread_mutex_lock (&p->lock);
+  l = link_new (p, e);
   if (l) {
     old = unref (p->cur);
     p->cur = l;
@@ -394,7 +572,7 @@ path_install (struct path *p, struct engine *e)
   pthread_mutex_unlock (&p->lock);
   if (l == NULL)
     engine_close (e, p->timeout_ms);
-  link_close (p, old);
+  retire (p, old);
 }
 
 void
@@ -409,8 +587,43 @@ path_redial_failed (struct path *p)
 void
 path_free (struct path *p)
 {
-  link_close (p, p->cur);
+  pthread_mutex_lock (&p->lock);
+  while (p->closing > 0)
+    pthread_cond_wait (&p->changed, &p->lock);
+  pthread_mutex_unlock (&p->lock);
+  link_close (p->cur);
   pthread_mutex_destroy (&p->lock);
   pthread_cond_destroy (&p->changed);
   free (p);
+}
+
+struct client *
+client_new (struct path *p, int server_flushes)
+{
+  struct client *c = calloc (1, sizeof *c);
+
+  if (c == NULL)
+    return NULL;
+  c->ops = (struct nbdkitgo_direct) {
+    .ctx = c, .pread = d_pread, .pwrite = d_pwrite, .flush = d_flush,
+    .trim = d_trim, .zero = d_zero, .cache = d_cache,
+    .extents = d_extents,
+  };
+  c->path = p;
+  /* Without reconnecting, a connection never follows another. */
+  c->tracks = server_flushes && p->reconnect_ms > 0;
+  c->open_oldest = c->carried_oldest = NO_GEN;
+  pthread_mutex_init (&c->lock, NULL);
+  return c;
+}
+
+const struct nbdkitgo_direct *client_ops (struct client *c) { return &c->ops; }
+
+void
+client_free (struct client *c)
+{
+  if (c == NULL)
+    return;
+  pthread_mutex_destroy (&c->lock);
+  free (c);
 }

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause
  *
- * The plugin's data path (direct.c): the struct nbdkitgo_direct that the
- * loader calls for every data request of a connection, over the current
- * server connection (an engine), which Go may replace.
+ * The plugin's data path (direct.c): for each nbdkit connection a
+ * client, whose struct nbdkitgo_direct the loader calls for every data
+ * request, over a path: the current server connection (an engine),
+ * which Go may replace, shared by every client in shared mode.
  */
 #ifndef PLUGIN_DIRECT_H
 #define PLUGIN_DIRECT_H
@@ -13,20 +14,32 @@
 #include "engine.h"
 
 struct path;
+struct client;
 
 /* A path over e (which it owns from now on).  reconnect_ms: see
  * reconnect-delay (0: off); timeout_ms bounds closing connections;
- * go_ref is handed to nbdgoRedial.
+ * server_exits: closing a connection ends its server (command=); go_ref
+ * is handed to nbdgoRedial.
  */
 struct path *path_new (struct engine *e, int64_t reconnect_ms,
-                       int64_t timeout_ms, uintptr_t go_ref);
-const struct nbdkitgo_direct *path_ops (struct path *p);
-int path_is_dead (struct path *p);
-/* A redial succeeded: e replaces the current connection. */
+                       int64_t timeout_ms, int server_exits,
+                       uintptr_t go_ref);
+/* A redial succeeded: e replaces the current connection, which is
+ * closed in the background once no request uses it.  Never waits.
+ */
 void path_install (struct path *p, struct engine *e);
 /* A redial gave up (its deadline passed). */
 void path_redial_failed (struct path *p);
-/* Close the connection and free p; no request may be running. */
+/* Close the connection and free p; no request may be running, and no
+ * client may be left.
+ */
 void path_free (struct path *p);
+
+/* An nbdkit connection's data path over p.  server_flushes: the server
+ * accepts flush (so it may cache acknowledged writes).
+ */
+struct client *client_new (struct path *p, int server_flushes);
+const struct nbdkitgo_direct *client_ops (struct client *c);
+void client_free (struct client *c);
 
 #endif

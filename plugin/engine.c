@@ -37,13 +37,10 @@
 
 #include "engine.h"
 
-/* struct engine.ending: whether we ended the connection, and how. */
+/* struct engine.ending: whether we ended the connection. */
 enum {
   RUNNING,
-  ENDED,                        /* libnbd cut off; the socket's sending
-                                   half shut, its receiving half ours */
-  ENDED_BLIND,                  /* both halves shut: the server's close
-                                   can no longer be seen */
+  ENDED,                        /* sock_fd shut down both ways */
 };
 
 struct cmd;
@@ -61,12 +58,15 @@ struct engine {
   pthread_mutex_t io_lock;      /* held to call libnbd's state machine */
   struct cmd *_Atomic to_issue; /* left for io_lock's holder */
 
-  _Atomic int ending;           /* RUNNING, ENDED or ENDED_BLIND */
+  _Atomic int ending;           /* RUNNING or ENDED */
   _Atomic int timed_out;        /* ended because of a timeout */
   char *_Atomic cause;          /* libnbd's first error on this connection */
 
-  pthread_mutex_t drain_lock;   /* serialises reading a dead socket */
-  _Atomic int server_closed;    /* the server closed the connection */
+  /* The server answered a command with NBD_ESHUTDOWN: no command is
+   * sent from then on, and NBD_CMD_DISC is (disc_sent, under io_lock).
+   */
+  _Atomic int shutting_down;
+  int disc_sent;
 };
 
 /* Bits of struct cmd.state, the futex word. */
@@ -76,6 +76,7 @@ struct engine {
 
 struct cmd {
   _Atomic unsigned state;
+  struct engine *engine;
   int error;                    /* errno from the completion callback */
   int64_t deadline;             /* engine_now_ms; -1: none */
   /* in engine.waiters, under engine.lock: pprev points at whatever
@@ -144,7 +145,29 @@ dead (struct engine *e)
 int
 engine_is_dead (struct engine *e)
 {
-  return atomic_load (&e->ending) != RUNNING || dead (e);
+  return atomic_load (&e->ending) != RUNNING ||
+    atomic_load (&e->shutting_down) || dead (e);
+}
+
+/* Whether the server has closed the connection, as far as can be known
+ * without reading from under libnbd: libnbd saw the close after our
+ * NBD_CMD_DISC, or libnbd died by itself (not by our ending it) and the
+ * socket, which libnbd has let go of, shows the end (a peek, so nothing
+ * is taken from a stream that anyone else could read).
+ */
+static int
+server_closed (struct engine *e)
+{
+  char byte;
+  ssize_t n;
+
+  if (nbd_aio_is_closed (e->nbd) == 1)
+    return 1;
+  if (atomic_load (&e->ending) != RUNNING || nbd_aio_is_dead (e->nbd) != 1)
+    return 0;
+  n = recv (e->sock_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 ||
+    (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 /* Keep libnbd's message of the call that just failed as the cause of
@@ -166,39 +189,21 @@ note_cause (struct engine *e)
 static void drain_and_unlock (struct engine *e);
 
 /* End the connection now, for every command in flight (see "Ending a
- * connection" in engine.h): the server is told that no more requests
- * come (our sending half is shut), and libnbd's descriptor is pointed
- * at a socket whose other end is closed, so that libnbd fails every
- * command at once and lets go of their buffers, while the real socket's
- * receiving half stays ours to watch for the server's close
- * (engine_server_closed).  We own the handle, so its socket is ours to
- * end; io_lock keeps libnbd from using the descriptor meanwhile.
+ * connection" in engine.h): shutting sock_fd down both ways tells the
+ * server that no more requests come, and makes libnbd's next look at
+ * the socket fail, which fails every command at once and lets go of
+ * their buffers.  libnbd is notified here, under io_lock, so that it
+ * looks now even when no leader is polling.
  */
 static void
 end_connection (struct engine *e)
 {
-  int fd, pair[2], how = ENDED;
   unsigned dir;
 
   if (atomic_exchange (&e->ending, ENDED) != RUNNING)
     return;
-  shutdown (e->sock_fd, SHUT_WR);
+  shutdown (e->sock_fd, SHUT_RDWR);
   pthread_mutex_lock (&e->io_lock);
-  fd = nbd_aio_get_fd (e->nbd);
-  if (fd >= 0 &&
-      socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
-                  pair) == 0) {
-    close (pair[1]);
-    if (dup3 (pair[0], fd, O_CLOEXEC) == -1)
-      how = ENDED_BLIND;
-    close (pair[0]);
-  }
-  else if (fd >= 0)
-    how = ENDED_BLIND;
-  if (how == ENDED_BLIND) {
-    atomic_store (&e->ending, ENDED_BLIND);
-    shutdown (e->sock_fd, SHUT_RDWR);
-  }
   dir = nbd_aio_get_direction (e->nbd);
   if (dir & LIBNBD_AIO_DIRECTION_READ)
     nbd_aio_notify_read (e->nbd);
@@ -265,6 +270,11 @@ on_complete (void *user_data, int *error)
   struct cmd *c = user_data;
 
   c->error = *error;
+  /* The server is going away: no more commands (see engine.h).  libnbd's
+   * lock is held here, so NBD_CMD_DISC waits for drain_and_unlock.
+   */
+  if (*error == ESHUTDOWN)
+    atomic_store (&c->engine->shutting_down, 1);
   signal_cmd (c, DONE);
   return 1;                     /* retire the command */
 }
@@ -290,8 +300,8 @@ on_extent (void *user_data, const char *metacontext, uint64_t offset,
 }
 
 /* Hand c to libnbd; the caller holds io_lock.  A command is refused
- * (never sent) once the connection is being ended, or when libnbd says
- * no; libnbd's error is read here, in the thread that made the call.  c
+ * (never sent) once the connection is being ended or the server is
+ * shutting down, or when libnbd says no; libnbd's error is read here, in the thread that made the call.  c
  * may be gone once it is DONE.
  */
 static void
@@ -303,7 +313,8 @@ issue (struct engine *e, struct cmd *c)
   const char *msg;
   int64_t cookie;
 
-  if (atomic_load (&e->ending) != RUNNING) {
+  if (atomic_load (&e->ending) != RUNNING ||
+      atomic_load (&e->shutting_down)) {
     c->refused = 1;
     c->refused_dead = 1;
     signal_cmd (c, DONE);
@@ -375,6 +386,12 @@ drain_and_unlock (struct engine *e)
   struct cmd *list, *rev, *next;
 
   for (;;) {
+    if (atomic_load (&e->shutting_down) && !e->disc_sent) {
+      /* Commands in flight still get their replies. */
+      e->disc_sent = 1;
+      if (!dead (e) && nbd_aio_disconnect (e->nbd, 0) == -1)
+        note_cause (e);
+    }
     list = atomic_exchange (&e->to_issue, NULL);
     if (list == NULL) {
       pthread_mutex_unlock (&e->io_lock);
@@ -613,6 +630,10 @@ conn_failed_msg (struct engine *e, int errnum)
                   e->timeout_ms / 1000.0) == -1)
       return NULL;
   }
+  else if (atomic_load (&e->shutting_down)) {
+    if (asprintf (&msg, "the server is shutting down (NBD_ESHUTDOWN)") == -1)
+      return NULL;
+  }
   else if (asprintf (&msg, "server connection failed: %s",
                      cause ? cause : strerror (errnum)) == -1)
     return NULL;
@@ -624,7 +645,7 @@ engine_command (struct engine *e, struct engine_request *req,
                 struct engine_result *res)
 {
   struct cmd c = {
-    .state = 0, .req = req,
+    .state = 0, .engine = e, .req = req,
     .deadline = e->timeout_ms > 0 ? engine_now_ms () + e->timeout_ms : -1,
   };
 
@@ -639,9 +660,17 @@ engine_command (struct engine *e, struct engine_request *req,
     return res->outcome;
   }
   free (c.refused_msg);
-  if (c.refused || (c.error && engine_is_dead (e))) {
+  /* A command libnbd failed because the connection died (it calls the
+   * completion of each with an error once it is dead or closed).
+   */
+  if (c.refused || c.error == ESHUTDOWN ||
+      (c.error && (dead (e) || atomic_load (&e->ending) != RUNNING))) {
     res->outcome = ENGINE_CONN_FAILED;
-    res->not_sent = c.refused;
+    if (c.refused || c.error == ESHUTDOWN ||
+        (atomic_load (&e->shutting_down) && server_closed (e)))
+      res->fate = ENGINE_NOT_DONE;
+    else
+      res->fate = ENGINE_IN_DOUBT;
     res->timed_out = atomic_load (&e->timed_out);
     res->errnum = c.error ? c.error : ENOTCONN;
     /* NBD has no ETIMEDOUT; nbdkit would send EINVAL, which blames
@@ -656,37 +685,6 @@ engine_command (struct engine *e, struct engine_request *req,
     res->errnum = c.error;
   }
   return res->outcome;
-}
-
-int
-engine_server_closed (struct engine *e, int64_t deadline_ms)
-{
-  char buf[4096];
-  ssize_t n;
-
-  for (;;) {
-    if (atomic_load (&e->server_closed))
-      return 1;
-    /* Only a dead connection's socket is ours to read (after
-     * end_connection, libnbd no longer reads it); and once we have shut
-     * down its receiving half, an end of file is our own doing.
-     */
-    if (!engine_is_dead (e) || atomic_load (&e->ending) == ENDED_BLIND)
-      return 0;
-    pthread_mutex_lock (&e->drain_lock);
-    while ((n = recv (e->sock_fd, buf, sizeof buf, MSG_DONTWAIT)) > 0)
-      ;
-    if ((n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR)) &&
-        atomic_load (&e->ending) != ENDED_BLIND)
-      atomic_store (&e->server_closed, 1);
-    pthread_mutex_unlock (&e->drain_lock);
-    if (atomic_load (&e->server_closed))
-      return 1;
-    if (ms_left (deadline_ms) == 0)
-      return 0;
-    poll (&(struct pollfd) { .fd = e->sock_fd, .events = POLLIN }, 1,
-          ms_left (deadline_ms));
-  }
 }
 
 struct engine *
@@ -714,7 +712,6 @@ engine_new (struct nbd_handle *nbd, int64_t timeout_ms)
   e->timeout_ms = timeout_ms;
   pthread_mutex_init (&e->lock, NULL);
   pthread_mutex_init (&e->io_lock, NULL);
-  pthread_mutex_init (&e->drain_lock, NULL);
   return e;
 }
 
@@ -766,6 +763,5 @@ engine_close (struct engine *e, int64_t timeout_ms)
   free (atomic_load (&e->cause));
   pthread_mutex_destroy (&e->lock);
   pthread_mutex_destroy (&e->io_lock);
-  pthread_mutex_destroy (&e->drain_lock);
   free (e);
 }

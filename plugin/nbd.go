@@ -25,9 +25,11 @@ import (
 var Version = "unknown" // set by the Makefile (-X) from ../VERSION
 
 // conn is one client's state: its server connection (its own, or the
-// shared one) and whether the client is read-only.
+// shared one), its data path over it, and whether the client is
+// read-only.
 type conn struct {
 	up       *upstream
+	data     client
 	readonly bool
 }
 
@@ -77,7 +79,7 @@ var Plugin = &nbdkit.Plugin[*conn]{
 }
 
 // direct gives the loader the connection's data path (direct.c).
-func direct(c *conn) unsafe.Pointer { return c.up.ops() }
+func direct(c *conn) unsafe.Pointer { return c.data.ops() }
 
 func dumpPlugin() {
 	h, err := libnbd.Create()
@@ -156,26 +158,34 @@ func defaultExport(readonly, isTLS bool) (string, error) {
 }
 
 func open(readonly bool) (*conn, error) {
-	if cfg.shared {
-		return &conn{up: sharedConn, readonly: readonly}, nil
-	}
-	export := cfg.export
-	if cfg.dynamicExport {
-		name, err := nbdkit.ExportName()
-		if err != nil {
+	up := sharedConn
+	if !cfg.shared {
+		export := cfg.export
+		if cfg.dynamicExport {
+			name, err := nbdkit.ExportName()
+			if err != nil {
+				return nil, err
+			}
+			export = name
+		}
+		var err error
+		if up, err = newUpstream(export); err != nil {
 			return nil, err
 		}
-		export = name
 	}
-	up, err := newUpstream(export)
+	data, err := up.newClient()
 	if err != nil {
+		if up != sharedConn {
+			up.close()
+		}
 		return nil, err
 	}
-	return &conn{up: up, readonly: readonly}, nil
+	return &conn{up: up, data: data, readonly: readonly}, nil
 }
 
 // closeConn ends a client's own server connection politely.
 func closeConn(c *conn) {
+	c.data.free()
 	if c.up != sharedConn {
 		c.up.close()
 	}

@@ -58,8 +58,14 @@ func newUpstream(export string) (*upstream, error) {
 	}
 	u := &upstream{export: export, facts: facts}
 	u.ref = cgo.NewHandle(u)
+	// A server that command= started exits when its connection is
+	// closed, which ends the doubt over writes it was sent (doubt.h).
+	serverExits := C.int(0)
+	if cfg.command != "" {
+		serverExits = 1
+	}
 	u.path = C.path_new(e, C.int64_t(cfg.reconnectDelay.Milliseconds()),
-		C.int64_t(cfg.timeout.Milliseconds()), C.uintptr_t(u.ref))
+		C.int64_t(cfg.timeout.Milliseconds()), serverExits, C.uintptr_t(u.ref))
 	if u.path == nil {
 		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
 		u.ref.Delete()
@@ -90,8 +96,29 @@ func newEngine(h *libnbd.Handle) (*C.struct_engine, error) {
 	return e, nil
 }
 
+// client is one nbdkit connection's data path over u (direct.c).
+type client struct{ c *C.struct_client }
+
+// newClient starts a client's data path; it must be freed.
+func (u *upstream) newClient() (client, error) {
+	c := C.client_new(u.path, cbool(u.facts.flush))
+	if c == nil {
+		return client{}, syscall.ENOMEM
+	}
+	return client{c}, nil
+}
+
 // ops is the struct nbdkitgo_direct for the loader.
-func (u *upstream) ops() unsafe.Pointer { return unsafe.Pointer(C.path_ops(u.path)) }
+func (c client) ops() unsafe.Pointer { return unsafe.Pointer(C.client_ops(c.c)) }
+
+func (c client) free() { C.client_free(c.c) }
+
+func cbool(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // close ends the server connection politely (within timeout=, if set)
 // and frees everything.  No request is running: nbdkit closes a
@@ -113,7 +140,11 @@ func nbdgoRedial(ref C.uintptr_t, deadlineMs C.int64_t) {
 }
 
 // redial connects again and again until a connection to the same disk
-// works or deadline passes, then hands it to the data path.
+// works or deadline passes, then hands it to the data path.  u.mu is
+// held only while the path is used: path_install never waits (the old
+// connection is closed in the background), and a connection nobody
+// wants any more is closed after unlocking, since a polite goodbye can
+// take up to timeout=.
 func (u *upstream) redial(deadline time.Time) {
 	h, err := dial(u.export, false, 0, deadline, u.facts.match)
 	var e *C.struct_engine
@@ -121,16 +152,19 @@ func (u *upstream) redial(deadline time.Time) {
 		e, err = newEngine(h)
 	}
 	u.mu.Lock()
-	defer u.mu.Unlock()
+	closed := u.closed
 	switch {
-	case u.closed:
-		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
+	case closed:
 	case err != nil:
 		nbdkit.Debugf("reconnecting: %v", err)
 		C.path_redial_failed(u.path)
 	default:
 		nbdkit.Debugf("reconnected to the server")
 		C.path_install(u.path, e)
+	}
+	u.mu.Unlock()
+	if closed && e != nil {
+		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
 	}
 }
 
