@@ -227,10 +227,11 @@ func (s *comboServer) kill(proxy *proc) {
 	}
 }
 
-// restart starts the server again where it was, if it is ours to start.
+// restart starts the server again where it was (after kill), if it is
+// ours to start.
 func (s *comboServer) restart() {
 	if s.server != nil && s.c.mode != "socket-fd" {
-		s.server.restart(0)
+		s.server.relaunch()
 	}
 }
 
@@ -323,18 +324,22 @@ func comboServed(t *testing.T, s *comboServer, c combo, params []string) {
 		t.Fatalf("clients said %q", out)
 	}
 	// Where things should come back to: nbdkit serving no client (a
-	// shared connection and its server are open by now).
+	// shared connection and its server are open by now), counted once
+	// nbdkit has closed the clients' connections.
+	waitClientConns(t, proxy, 0)
 	baseFDs, baseThreads := countDir(t, proxy.pid, "fd"), countDir(t, proxy.pid, "task")
 	baseKids := len(children(t, proxy.pid))
 
 	holder := startPython(t, comboHolder, proxy.sock, export)
 	holder.expect(t, "ready", 20*time.Second)
+	waiting := proxy.stderrCount(reconnecting)
 	s.kill(proxy)
 	reconnect := c.reconnect != "" && c.mode != "socket-fd"
 	if reconnect {
-		// The request waits while the server is away, then goes through.
+		// The request waits while the server is away (the proxy says
+		// so), then goes through once the server is back.
 		fmt.Fprintln(holder.stdin, "read")
-		time.Sleep(300 * time.Millisecond)
+		proxy.waitStderr(t, reconnecting, waiting+1, time.Minute, holder.proc)
 		s.restart()
 		holder.expect(t, "ok", 20*time.Second)
 	} else {

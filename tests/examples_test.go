@@ -146,26 +146,24 @@ h.shutdown()
 `, sock)
 	copy(want[2<<20:2<<20+64<<10], bytes.Repeat([]byte{0x5a}, 64<<10))
 
-	// While nbdkit runs, qemu-nbd holds the image's write lock.
+	// While nbdkit runs, qemu-nbd (its one child) holds the image's
+	// write lock.
 	if _, err := runErr(t, "qemu-io", "-f", "qcow2", "-c", "read 0 512", image); err == nil || !strings.Contains(err.Error(), "lock") {
 		t.Fatalf("qemu-io opened the image while nbdkit served it (no qemu-nbd?): %v", err)
+	}
+	kids := children(t, nbdkit.pid)
+	if len(kids) != 1 {
+		t.Fatalf("nbdkit has %d child processes, want its one qemu-nbd", len(kids))
 	}
 	if err := nbdkit.stop(10 * time.Second); err != nil {
 		t.Error(err)
 	}
 
-	// qemu-nbd has gone with nbdkit: it no longer holds the lock, so
-	// qemu-io can open the image for writing.
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		_, err := runErr(t, "qemu-io", "-f", "qcow2", "-c", "read 0 512", image)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the image is still locked 2 s after nbdkit exited (qemu-nbd still running?): %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// qemu-nbd goes with nbdkit; once it has exited it no longer holds
+	// the lock, so qemu-io opens the image for writing, at the first try.
+	waitFor(t, 30*time.Second, "qemu-nbd exiting after nbdkit", func() bool { return !runs(kids[0]) })
+	if _, err := runErr(t, "qemu-io", "-f", "qcow2", "-c", "read 0 512", image); err != nil {
+		t.Fatalf("the image is still locked after qemu-nbd exited: %v", err)
 	}
 	sameBytes(t, "qcow2 after a write through nbdkit", qcow2Raw(t, image), want)
 }

@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -190,7 +191,11 @@ type procOpts struct {
 
 // proc is a foreground process that start started.  At the end of the
 // test it is stopped (SIGTERM, then SIGKILL after 5 s), its stderr is
-// checked for a Go trace, and logged if the test failed.
+// checked for a Go trace, and logged if the test failed.  An nbdkit
+// that exited before then fails the test, unless the test ended it
+// (kill, stop) or took note of its end (wait), and so does one that
+// does not exit 0 on that SIGTERM: a crashed proxy must not go
+// unnoticed because its clients' failures were expected anyway.
 type proc struct {
 	t      *testing.T
 	o      procOpts
@@ -202,6 +207,7 @@ type proc struct {
 	pid    int
 	done   chan struct{} // closed when it has exited
 	err    error         // how it exited, once done is closed
+	ended  atomic.Bool   // the test ended it or saw it end (kill, stop, wait)
 }
 
 // start runs a process, by default nbdkit -f on a new Unix socket.
@@ -274,6 +280,7 @@ func (p *proc) launch() {
 		t.Fatal(err)
 	}
 	p.cmd, p.pid, p.done = cmd, cmd.Process.Pid, make(chan struct{})
+	p.ended.Store(false)
 	go func(done chan struct{}) {
 		p.err = cmd.Wait()
 		select {
@@ -284,26 +291,46 @@ func (p *proc) launch() {
 	}(p.done)
 }
 
+// waitReady waits until the process accepts connections where it
+// listens, and fails the test at once if it exits first.
 func (p *proc) waitReady() {
 	p.t.Helper()
 	switch {
 	case p.o.noWait:
 	case p.port != 0:
-		waitListener(p.t, "tcp", p.addr())
+		waitListener(p.t, "tcp", p.addr(), p)
 	case p.sock != "":
-		waitSocket(p.t, p.sock)
+		waitListener(p.t, "unix", p.sock, p)
 	}
 }
 
 func (p *proc) cleanup() {
 	t := p.t
+	if err := p.unexpectedExit(); err != nil {
+		t.Error(err)
+	}
+	wasRunning := p.running()
 	if err := p.stop(5 * time.Second); err != nil {
 		t.Logf("%v; killed", err)
+	} else if wasRunning && p.o.prog == "" && p.err != nil {
+		// nbdkit exits 0 on SIGTERM: anything else is a crash, maybe
+		// one that began before the end of the test.
+		t.Errorf("%s exited with %v on SIGTERM at the end of the test", p, p.err)
 	}
 	noGoTrace(t, p.String(), p.stderr.String())
 	if t.Failed() && p.stderr.String() != "" {
 		t.Logf("%s stderr:\n%s", p, p.stderr.String())
 	}
+}
+
+// unexpectedExit is an error if the process is an nbdkit that has
+// exited, and the test neither ended it (kill, stop) nor took note of
+// its end (wait).
+func (p *proc) unexpectedExit() error {
+	if p.o.prog == "" && !p.running() && !p.ended.Load() {
+		return fmt.Errorf("%s exited during the test, and the test neither ended it nor expected it: %v", p, p.err)
+	}
+	return nil
 }
 
 // addr is the TCP address it listens on.
@@ -329,12 +356,14 @@ func (p *proc) running() bool {
 
 // wait waits for the process to exit and says how it did.
 func (p *proc) wait() error {
+	p.ended.Store(true)
 	<-p.done
 	return p.err
 }
 
 // kill ends the process at once (SIGKILL) and waits for it.
 func (p *proc) kill() {
+	p.ended.Store(true)
 	p.cmd.Process.Kill()
 	<-p.done
 }
@@ -342,6 +371,7 @@ func (p *proc) kill() {
 // stop sends SIGTERM and waits up to d for the process to exit; if it
 // does not, stop kills it and says so.
 func (p *proc) stop(d time.Duration) error {
+	p.ended.Store(true)
 	if !p.running() {
 		return nil
 	}
@@ -355,12 +385,17 @@ func (p *proc) stop(d time.Duration) error {
 	}
 }
 
-// restart kills the process (SIGKILL), waits pause, and starts it again
-// where it listened, with args if given, else as before.
-func (p *proc) restart(pause time.Duration, args ...string) {
+// relaunch starts the process again where it listened, after kill,
+// with args if given, else as before, and waits until it listens.  A
+// test that checks what clients do while a server is away kills it,
+// waits for what shows the clients are waiting (waitFor: the proxy's
+// log, a request having reached the proxy), and then relaunches it:
+// never a pause, which on a slow machine orders nothing.
+func (p *proc) relaunch(args ...string) {
 	p.t.Helper()
-	p.kill()
-	time.Sleep(pause)
+	if p.running() {
+		p.t.Fatalf("relaunch: %s still runs (kill it first)", p)
+	}
 	if args != nil {
 		p.args = args
 	}
@@ -369,6 +404,97 @@ func (p *proc) restart(pause time.Duration, args ...string) {
 	}
 	p.launch()
 	p.waitReady()
+}
+
+// restart kills the process (SIGKILL) and relaunches it at once, with
+// args if given, else as before.  pause must be 0: to have clients see
+// the server away, kill, wait for an event (waitFor), then relaunch.
+// (The parameter stays for callers not yet rewritten: safety_test.go.)
+func (p *proc) restart(pause time.Duration, args ...string) {
+	p.t.Helper()
+	if pause != 0 {
+		p.t.Fatalf("restart(%v): a pause orders nothing; kill, waitFor an event, relaunch", pause)
+	}
+	p.kill()
+	p.relaunch(args...)
+}
+
+// stderrCount is how many times s occurs in what the process (all its
+// launches) wrote to stderr so far.
+func (p *proc) stderrCount(s string) int { return strings.Count(p.stderr.String(), s) }
+
+// waitStderr waits until the process's stderr holds s at least n
+// times, failing the test after d or as soon as the process, or one of
+// also (say the client whose request should cause the message), exits.
+func (p *proc) waitStderr(t *testing.T, s string, n int, d time.Duration, also ...*proc) {
+	t.Helper()
+	waitFor(t, d, fmt.Sprintf("%q %d times on the stderr of %s", s, n, p),
+		func() bool { return p.stderrCount(s) >= n }, append([]*proc{p}, also...)...)
+}
+
+// mustRun fails the test unless the process runs: not exited, and not
+// a zombie not reaped yet (whose fds and threads /proc counts as none).
+func (p *proc) mustRun(t *testing.T, what string) {
+	t.Helper()
+	if !p.running() || !runs(p.pid) {
+		p.wait()
+		t.Fatalf("%s: %s has exited: %v", what, p, p.err)
+	}
+}
+
+// ---- Waiting for events
+
+// waitFor waits until cond holds, polling it, and fails the test if it
+// does not within d: a deadline fails a test, it never passes one.  It
+// fails at once if one of the processes must exits meanwhile, so that a
+// crash is reported as one and not as a slow event.  d is generous: a
+// test waits for an event, never for a time.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool, must ...*proc) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		for _, p := range must {
+			if !p.running() {
+				p.wait()
+				t.Fatalf("%s exited (%v) while the test waited for %s", p, p.err, what)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, d)
+		}
+		time.Sleep(10 * time.Millisecond) // how often to look, not an order of events
+	}
+}
+
+// clientConns is the number of connections that the process listening
+// on the Unix socket sock has accepted and not closed yet, as the
+// kernel counts them (/proc/net/unix: an accepted socket carries the
+// listener's path, a client's socket none).
+func clientConns(t testing.TB, sock string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		// Num RefCount Protocol Flags Type St Inode Path
+		f := strings.Fields(l)
+		if len(f) >= 8 && f[5] == "03" && strings.Join(f[7:], " ") == sock {
+			n++
+		}
+	}
+	return n
+}
+
+// waitClientConns waits until the nbdkit p (on a Unix socket) has
+// exactly n client connections open: with n the clients that are still
+// connected, nbdkit has finished with every other one, so that what it
+// holds (fds, threads) can be counted.
+func waitClientConns(t *testing.T, p *proc, n int) {
+	t.Helper()
+	waitFor(t, 30*time.Second, fmt.Sprintf("%d client connections of %s", n, p),
+		func() bool { return clientConns(t, p.sock) == n }, p)
 }
 
 // unixServer listens on a new Unix socket until the end of the test and
@@ -406,18 +532,18 @@ func waitSocket(t *testing.T, sock string) {
 	waitListener(t, "unix", sock)
 }
 
-// waitListener waits until something accepts connections on addr.
-func waitListener(t *testing.T, network, addr string) {
+// waitListener waits until something accepts connections on addr,
+// failing the test if nothing does within 10 s or if one of the
+// processes must (the one that should listen) exits first.
+func waitListener(t *testing.T, network, addr string, must ...*proc) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial(network, addr); err == nil {
+	waitFor(t, 10*time.Second, "listener on "+addr, func() bool {
+		c, err := net.Dial(network, addr)
+		if err == nil {
 			c.Close()
-			return
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s after 10 s", addr)
+		return err == nil
+	}, must...)
 }
 
 // freePort returns a TCP port on 127.0.0.1 that nothing listens on
@@ -706,6 +832,17 @@ func daemonPid(t *testing.T, pidFile string) int {
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
+// runs says whether the process pid exists and is not a zombie (one
+// that has exited, not yet reaped by its parent).
+func runs(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
+}
+
 // ---- Data
 
 // randomFile writes size random bytes to a new file.
@@ -824,4 +961,36 @@ func TestNeed(t *testing.T) {
 	if r.skips != nil {
 		t.Errorf("need skipped with %q", r.skips)
 	}
+}
+
+// An nbdkit that dies during a test is noticed by the end-of-test check,
+// unless the test ended it (kill) or took note of its end (wait); a
+// relaunched one is watched afresh.
+func TestHarnessSeesDeadNbdkit(t *testing.T) {
+	need(t, "nbdkit-null-plugin")
+	p := start(t, procOpts{}, "null")
+	if err := p.unexpectedExit(); err != nil {
+		t.Fatalf("a running nbdkit: %v", err)
+	}
+	syscall.Kill(p.pid, syscall.SIGSEGV)
+	<-p.done
+	if err := p.unexpectedExit(); err == nil || !strings.Contains(err.Error(), "segmentation fault") {
+		t.Errorf("nbdkit killed behind the test's back: %v", err)
+	}
+	p.wait() // taken note of: the cleanup passes
+	if err := p.unexpectedExit(); err != nil {
+		t.Errorf("after wait: %v", err)
+	}
+	q := start(t, procOpts{}, "null")
+	q.kill()
+	if err := q.unexpectedExit(); err != nil {
+		t.Errorf("after kill: %v", err)
+	}
+	q.relaunch()
+	syscall.Kill(q.pid, syscall.SIGKILL)
+	<-q.done
+	if err := q.unexpectedExit(); err == nil {
+		t.Error("a relaunched nbdkit killed behind the test's back: no error")
+	}
+	q.wait()
 }

@@ -363,23 +363,22 @@ func TestParityOldstyleServer(t *testing.T) {
 }
 
 // serverLog is the log filter's log with the timestamps cut off, once
-// the log shows n disconnections.
+// the log shows n disconnections; it fails the test if it does not
+// within 30 s.
 func serverLog(t *testing.T, path string, n int) []string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		b, _ := os.ReadFile(path)
-		if strings.Count(string(b), " Disconnect ") >= n || time.Now().After(deadline) {
-			var lines []string
-			for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-				if f := strings.SplitN(l, " ", 3); len(f) == 3 {
-					lines = append(lines, f[2])
-				}
-			}
-			return lines
+	var b []byte
+	waitFor(t, 30*time.Second, fmt.Sprintf("%d disconnections in the server's log", n), func() bool {
+		b, _ = os.ReadFile(path)
+		return strings.Count(string(b), " Disconnect ") >= n
+	})
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if f := strings.SplitN(l, " ", 3); len(f) == 3 {
+			lines = append(lines, f[2])
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	return lines
 }
 
 // The mixed sequence against fresh servers of three kinds: the client
@@ -602,43 +601,46 @@ func TestParityTLS(t *testing.T) {
 	}
 }
 
-// A server that appears two seconds after the client connects is
-// reached with retry=5, and not without.
+// A server that appears after the proxy's first attempt to reach it
+// failed (the server starts once the proxy logs that failure: with -v,
+// that it will try again) is reached with retry=5, and not without.
 func TestParityRetry(t *testing.T) {
 	need(t, "nbdkit-nbd-plugin", "nbdkit-pattern-plugin", pythonNbd)
 	dir := t.TempDir()
-	type attempt struct {
-		name, sock string
-		client     *lineProc
-		wantOK     bool
-	}
-	var attempts []*attempt
+	// What each plugin logs with -v when an attempt failed and it will
+	// try again.
+	willRetry := map[string]string{"go": "connecting to the server failed, retrying", "c": "connect failed; will try again"}
 	for _, p := range proxies {
 		for _, retry := range []string{"retry=5", "retry=0"} {
-			a := &attempt{name: p.name + " " + retry, sock: filepath.Join(dir, p.name+retry+".sock"),
-				wantOK: retry == "retry=5"}
-			proxy := startNbdkit(t, p.so, "socket="+a.sock, retry)
-			a.client = startPython(t, `
+			name, sock, wantOK := p.name+" "+retry, filepath.Join(dir, p.name+retry+".sock"), retry == "retry=5"
+			proxy := start(t, procOpts{}, "-v", p.so, "socket="+sock, retry)
+			client := startPython(t, `
 import nbd, sys
 h = nbd.NBD()
 h.connect_uri(sys.argv[1])
 print(h.pread(8, 1048568).hex())
-`, unixURI(proxy))
-			attempts = append(attempts, a)
-		}
-	}
-	time.Sleep(2 * time.Second)
-	for _, a := range attempts {
-		start(t, procOpts{sock: a.sock, noWait: true}, "pattern", "2M")
-	}
-	for _, a := range attempts {
-		got := strings.TrimSpace(a.client.rest(t, 2*time.Minute))
-		err := a.client.wait()
-		switch {
-		case a.wantOK && (err != nil || got != "00000000000ffff8"):
-			t.Errorf("%s: the client got %q (%v), want the pattern at 1M-8; stderr: %s", a.name, got, err, a.client.stderr)
-		case !a.wantOK && err == nil:
-			t.Errorf("%s: the client connected to a server that was not there: %q", a.name, got)
+`, unixURI(proxy.sock))
+			// The first attempt has failed (retry=0: its error).
+			failed := willRetry[p.name]
+			if !wantOK {
+				failed = "connect: No such file or directory"
+			}
+			proxy.waitStderr(t, failed, 1, time.Minute)
+			if wantOK && !client.running() {
+				t.Fatalf("%s: the client ended (%v) before the server appeared: %s", name, client.wait(), client.stderr)
+			}
+			start(t, procOpts{sock: sock}, "pattern", "2M")
+			got := strings.TrimSpace(client.rest(t, 2*time.Minute))
+			err := client.wait()
+			switch {
+			case wantOK && (err != nil || got != "00000000000ffff8"):
+				t.Errorf("%s: the client got %q (%v), want the pattern at 1M-8; stderr: %s", name, got, err, client.stderr)
+			case !wantOK && err == nil:
+				t.Errorf("%s: the client connected to a server that was not there: %q", name, got)
+			}
+			if n := proxy.stderrCount(willRetry[p.name]); !wantOK && n != 0 {
+				t.Errorf("%s: the proxy tried again %d times", name, n)
+			}
 		}
 	}
 }

@@ -107,8 +107,11 @@ func tlsProxy(t *testing.T, params ...string) (served bool, stderr string, clien
 	} else if strings.TrimSpace(out) != "ok" {
 		t.Fatalf("%v: client said %q", params, out)
 	}
-	// Let nbdkit finish writing what it has to say.
-	time.Sleep(100 * time.Millisecond)
+	// All nbdkit has to say about the connection: what it wrote until
+	// it exited, on SIGTERM once the client is done.
+	if err := p.stop(10 * time.Second); err != nil {
+		t.Errorf("%v: %v", params, err)
+	}
 	return err == nil, p.stderr.String(), clientErr
 }
 
