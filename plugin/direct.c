@@ -335,7 +335,11 @@ serve (struct path *p, struct engine_request *req, uint64_t *gen,
     log_failure (p, l, res.msg);
     free (res.msg);
     res.msg = NULL;
-    next = replacement (p, l, deadline);
+    /* Past the deadline a request is not sent again, even on a
+     * connection someone else dialed: it ends within reconnect-delay
+     * plus twice timeout.
+     */
+    next = engine_now_ms () < deadline ? replacement (p, l, deadline) : NULL;
     release (p, l);
     l = next;
     if (l == NULL) {

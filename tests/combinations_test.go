@@ -218,10 +218,13 @@ func (s *comboServer) kill(proxy *proc) {
 		s.server.kill()
 		return
 	}
-	kids := children(s.t, proxy.pid)
-	if len(kids) != 1 {
-		s.t.Fatalf("the proxy has %d child processes, want its one server", len(kids))
-	}
+	// A server the proxy replaced is reaped in the background: wait
+	// until only the current one is left.
+	var kids []int
+	waitFor(s.t, 30*time.Second, "the proxy to have its one server as its only child", func() bool {
+		kids = children(s.t, proxy.pid)
+		return len(kids) == 1
+	}, proxy)
 	if err := syscall.Kill(kids[0], syscall.SIGKILL); err != nil {
 		s.t.Fatal(err)
 	}

@@ -31,9 +31,14 @@ import (
 	"time"
 )
 
-// plugin is the built .so, made absolute.
+// plugin is the built .so, made absolute; NBDGO_PLUGIN=PATH tests
+// another build (an older one, to show that a test catches its bug).
 var plugin = func() string {
-	p, err := filepath.Abs("../nbdkit-nbd-go-plugin.so")
+	p := "../nbdkit-nbd-go-plugin.so"
+	if so := os.Getenv("NBDGO_PLUGIN"); so != "" {
+		p = so
+	}
+	p, err := filepath.Abs(p)
 	if err != nil {
 		panic(err)
 	}
@@ -404,19 +409,6 @@ func (p *proc) relaunch(args ...string) {
 	}
 	p.launch()
 	p.waitReady()
-}
-
-// restart kills the process (SIGKILL) and relaunches it at once, with
-// args if given, else as before.  pause must be 0: to have clients see
-// the server away, kill, wait for an event (waitFor), then relaunch.
-// (The parameter stays for callers not yet rewritten: safety_test.go.)
-func (p *proc) restart(pause time.Duration, args ...string) {
-	p.t.Helper()
-	if pause != 0 {
-		p.t.Fatalf("restart(%v): a pause orders nothing; kill, waitFor an event, relaunch", pause)
-	}
-	p.kill()
-	p.relaunch(args...)
 }
 
 // stderrCount is how many times s occurs in what the process (all its

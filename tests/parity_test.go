@@ -343,10 +343,10 @@ func TestParityFeaturelessServer(t *testing.T) {
 func TestParityServerErrors(t *testing.T) {
 	need(t, "nbdkit-memory-plugin", "nbdkit-error-filter")
 	g, _ := compareBackend(t, []string{"--filter=error", "memory", "1M",
-		"error-trim=ENOSPC", "error-trim-rate=1", "error-cache=ESHUTDOWN", "error-cache-rate=1",
+		"error-trim=ENOSPC", "error-trim-rate=1", "error-cache=ENOMEM", "error-cache-rate=1",
 		"error-zero=EPERM", "error-zero-rate=1"}, nil, nil)
 	for _, c := range []struct{ step, errno string }{
-		{"trim 0", "ENOSPC"}, {"zero no_hole 32K", "EPERM"}, {"cache", "ESHUTDOWN"},
+		{"trim 0", "ENOSPC"}, {"zero no_hole 32K", "EPERM"}, {"cache", "ENOMEM"},
 	} {
 		if st, v := probeStep(t, g.probe, c.step); st != "err" || v != c.errno {
 			t.Errorf("%s: %s %v, want the server's %s", c.step, st, v, c.errno)
