@@ -7,6 +7,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -192,4 +193,59 @@ func TestOptList(t *testing.T) {
 		t.Fatalf("listed %+v, want a and b", list)
 	}
 	h.OptAbort()
+}
+
+// debugFreed sets a debug callback on h whose closure holds an object
+// with a finalizer, and returns a channel closed when the object is
+// collected: when neither libnbd nor the binding keeps the callback.
+func debugFreed(t *testing.T, h *Handle) <-chan struct{} {
+	t.Helper()
+	freed := make(chan struct{})
+	obj := new([64]byte)
+	runtime.SetFinalizer(obj, func(*[64]byte) { close(freed) })
+	if err := h.SetDebug(true, func(context, msg string) { _ = obj[0] }); err != nil {
+		t.Fatal(err)
+	}
+	return freed
+}
+
+// collected runs the garbage collector until freed is closed, and fails
+// the test if it is not within a generous deadline.
+func collected(t *testing.T, freed <-chan struct{}, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runtime.GC()
+		select {
+		case <-freed:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the debug callback was kept after %s", what)
+		}
+	}
+}
+
+// The debug callback is let go of when libnbd no longer needs it: when
+// it is replaced, when the handle is closed, and when a released handle
+// is closed by the C code it went to (each server connection with -D
+// nbd-go.verbose=1 once leaked one).
+func TestDebugCallbackFreed(t *testing.T) {
+	h, err := Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := debugFreed(t, h)
+	second := debugFreed(t, h)
+	collected(t, first, "it was replaced")
+	h.Close()
+	collected(t, second, "Close")
+
+	if h, err = Create(); err != nil {
+		t.Fatal(err)
+	}
+	released := debugFreed(t, h)
+	CloseReleased(h.Release())
+	collected(t, released, "Release and CloseReleased")
 }
