@@ -78,8 +78,18 @@
  *  announced its shutdown (NBD_ESHUTDOWN to any command) and then closed
  *  the connection without answering it.  The last rests on the protocol:
  *  a server shutting down services its requests in flight before it
- *  disconnects, so what it left unanswered it will not do.  The caller
- *  decides what an in-doubt write means (direct.c, doubt.h).
+ *  disconnects, so what it left unanswered it will not do.
+ *
+ *  The rule for writes built on this (doubt.h has it in full): a write
+ *  in doubt may be sent again as itself (the same bytes, so its old copy
+ *  landing later changes nothing), but no other write over the same
+ *  bytes is sent while the server that had it might still carry it out,
+ *  which this process can know to be over only for a server it started
+ *  and has seen exit.  Such a write fails with EIO instead: a refused
+ *  write is not a lost write, whereas an acknowledged one overwritten by
+ *  an older copy is lost without a word.  Closing the connection is no
+ *  sign that the server is done: qemu-nbd closes first and applies a
+ *  pending write seconds later.
  *
  * Not thread-safe: engine_new and engine_close (no command may be
  * running).  Thread-safe: everything else.
