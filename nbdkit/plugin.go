@@ -3,6 +3,7 @@
 package nbdkit
 
 import (
+	"errors"
 	"sync"
 	"unsafe"
 )
@@ -146,22 +147,22 @@ type Plugin[H any] struct {
 var (
 	registerOnce sync.Once
 	registered   callbacks
-	registeredAs any // the *Plugin[H], for WriteLoaderHeader
+	registeredAs any   // the *Plugin[H], for WriteLoaderHeader
+	registerErr  error // a second Register, reported by WriteLoaderHeader
 )
 
 // Register makes p the plugin of this library.  Call it once, from an
-// init function of the main package.
+// init function of the main package.  Mistakes in p (a missing required
+// callback, a name nbdkit refuses, ...) are reported when the plugin is
+// built, by WriteLoaderHeader.
 func Register[H any](p *Plugin[H]) {
-	if p.Name == "" {
-		panic("nbdkit.Register: the plugin has no Name")
-	}
 	done := false
 	registerOnce.Do(func() {
 		registered = &adapter[H]{p: p}
 		registeredAs = p
 		done = true
 	})
-	if !done {
-		panic("nbdkit.Register called twice")
+	if !done && registerErr == nil {
+		registerErr = errors.New("nbdkit.Register is called more than once: a library holds one plugin")
 	}
 }
