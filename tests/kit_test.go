@@ -5,10 +5,14 @@ package tests
 // The kit (loader + nbdkit package) knows nothing of NBD proxying: its
 // example plugin, examples/ramdisk, built by the same make rule, serves
 // in every nbdkit mode and refuses a bad configuration before serving.
+// Copied out of the tree, as a plugin author's own directory, it builds
+// with `make go-plugin` (with or without a go.mod of its own) and
+// serves; without Open it fails to build, saying so in one line.
 
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -120,5 +124,124 @@ func TestKitRamdiskConfigErrors(t *testing.T) {
 		for _, mode := range [][]string{nil, {"-f"}, {"--run", "true"}, {"-s"}} {
 			refusedBeforeServing(t, mode, ramdisk, c.params, c.want)
 		}
+	}
+}
+
+// kitDir is the checkout: the kit that `make go-plugin` runs in.
+var kitDir = func() string {
+	p, err := filepath.Abs("..")
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
+
+// authorCopy copies the .go files of examples/ramdisk into a new
+// directory outside the tree, as a plugin author's own, with edit
+// applied to main.go, and returns the directory.
+func authorCopy(t *testing.T, edit func(string) string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "myplugin")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob("../examples/ramdisk/*.go")
+	if len(files) == 0 {
+		t.Fatal("examples/ramdisk has no .go file")
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(f) == "main.go" {
+			b = []byte(edit(string(b)))
+		}
+		writeFile(t, filepath.Join(dir, filepath.Base(f)), string(b))
+	}
+	return dir
+}
+
+// goPlugin runs `make go-plugin SRC=src OUT=out` in the kit and returns
+// its output and error.
+func goPlugin(t *testing.T, src, out string) (string, string, error) {
+	t.Helper()
+	need(t, "make", "cc")
+	return runOut(t, "make", "-s", "-C", kitDir, "go-plugin", "SRC="+src, "OUT="+out)
+}
+
+// A plugin directory outside the tree, without a go.mod and with one
+// that names the kit as README says, builds with `make go-plugin` into
+// one .so that serves in daemon mode and under --run.
+func TestKitOutOfTree(t *testing.T) {
+	need(t, "nbdkit", "nbdcopy")
+	for _, c := range []struct{ name, gomod string }{
+		{"no-go.mod", ""},
+		{"own-go.mod", "module example.com/myplugin\n\ngo 1.19\n\nrequire nbdkit-nbd-go-plugin v0.0.0\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := authorCopy(t, func(s string) string { return s })
+			if c.gomod != "" {
+				writeFile(t, filepath.Join(src, "go.mod"), c.gomod)
+			}
+			so := filepath.Join(t.TempDir(), "nbdkit-myplugin-plugin.so")
+			if stdout, stderr, err := goPlugin(t, src, so); err != nil {
+				t.Fatalf("make go-plugin: %v\n%s%s", err, stdout, stderr)
+			}
+			// The author's directory is as it was: no file added or changed.
+			want := 1 // main.go
+			if c.gomod != "" {
+				want++
+			}
+			if names, _ := filepath.Glob(filepath.Join(src, "*")); len(names) != want {
+				t.Errorf("the build left files in the plugin's directory: %v", names)
+			}
+			if c.gomod != "" && readFile(t, filepath.Join(src, "go.mod")) != c.gomod {
+				t.Error("the build changed the author's go.mod")
+			}
+
+			d := daemonize(t, so, "size=16M")
+			writeReadBack(t, unixURI(d.sock))
+			d.stop(t)
+
+			path, data := randomFile(t, 4<<20)
+			out := filepath.Join(t.TempDir(), "out")
+			run(t, "nbdkit", "-U", "-", so, "size=16M",
+				"--run", "nbdcopy "+path+" \"$uri\" && nbdcopy \"$uri\" "+out)
+			got, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameBytes(t, "read back under --run", got, data)
+		})
+	}
+}
+
+// A plugin without Open, which nbdkit would refuse to load, fails to
+// build: one line names Open, and no .so is written.
+func TestKitBuildRefusesMissingOpen(t *testing.T) {
+	open := regexp.MustCompile(`(?m)^\s*Open:.*\n`)
+	src := authorCopy(t, func(s string) string {
+		if !open.MatchString(s) {
+			t.Fatal("examples/ramdisk/main.go has no Open: line to remove")
+		}
+		return open.ReplaceAllString(s, "")
+	})
+	so := filepath.Join(t.TempDir(), "nbdkit-myplugin-plugin.so")
+	stdout, stderr, err := goPlugin(t, src, so)
+	if err == nil {
+		t.Fatalf("make go-plugin built a plugin without Open:\n%s%s", stdout, stderr)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if !strings.HasPrefix(l, "make: ***") { // make's own line
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "no Open callback") {
+		t.Errorf("want one line naming Open, got:\n%s", stderr)
+	}
+	if _, err := os.Stat(so); err == nil {
+		t.Error("a .so was written")
 	}
 }
