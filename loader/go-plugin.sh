@@ -24,7 +24,7 @@
 #    changed;
 #  - none: a module made in BUILDDIR, with SRC linked into it, that
 #    requires the kit only (so such a plugin imports only the standard
-#    library and the kit).
+#    library and the kit), in the language version of the Go building.
 set -eu
 
 [ $# -eq 2 ] || [ $# -eq 3 ] || { echo "usage: $0 SRC OUT [BUILDDIR]" >&2; exit 2; }
@@ -79,8 +79,10 @@ elif [ -n "$modpath" ]; then
 else
   godir=$buildabs/module pkg=./plugin
   mkdir -p "$godir"
-  printf 'module nbdkit-go-plugin.build\n\ngo 1.19\n\nrequire nbdkit-nbd-go-plugin v0.0.0\n\nreplace nbdkit-nbd-go-plugin => %s\n' \
-    "$kit" > "$godir/go.mod"
+  # The plugin's Go language version: that of the Go building it.
+  lang=$("$GO" env GOVERSION | sed -n 's/^go\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
+  printf 'module nbdkit-go-plugin.build\n\ngo %s\n\nrequire nbdkit-nbd-go-plugin v0.0.0\n\nreplace nbdkit-nbd-go-plugin => %s\n' \
+    "${lang:-1.19}" "$kit" > "$godir/go.mod"
   ln -sfn "$src" "$godir/plugin"
 fi
 # Both builds take GO_LDFLAGS: an -X there may set what the header says.
