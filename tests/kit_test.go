@@ -7,7 +7,8 @@ package tests
 // in every nbdkit mode and refuses a bad configuration before serving.
 // Copied out of the tree, as a plugin author's own directory, it builds
 // with `make go-plugin` (with or without a go.mod of its own) and
-// serves; without Open it fails to build, saying so in one line.
+// serves in every mode too; without Open it fails to build, saying so
+// in one line.
 
 import (
 	"os"
@@ -35,9 +36,23 @@ func writeReadBack(t *testing.T, uri string) {
 	sameBytes(t, "read back", readAll(t, uri), data)
 }
 
-func TestKitRamdiskForeground(t *testing.T) {
+// kitModes serve a plugin built with the kit, ramdisk or a copy of it
+// (so, taking size=), in each nbdkit mode, and check what a client
+// reads back.
+var kitModes = []struct {
+	name  string
+	serve func(t *testing.T, so string)
+}{
+	{"foreground", kitForeground},
+	{"daemon", kitDaemon},
+	{"run", kitRun},
+	{"stdio", kitStdio},
+	{"socket-activation", kitSocketActivation},
+}
+
+func kitForeground(t *testing.T, so string) {
 	need(t, "nbdinfo", "nbdcopy")
-	sock := startNbdkit(t, ramdisk, "size=64M")
+	sock := startNbdkit(t, so, "size=64M")
 	uri := unixURI(sock)
 	if got := sizeThrough(t, uri); got != "67108864" {
 		t.Fatalf("size %s, want 64M", got)
@@ -52,21 +67,21 @@ func TestKitRamdiskForeground(t *testing.T) {
 	got, _ := os.ReadFile(out)
 	sameBytes(t, "read back in parallel", got, data)
 	// The magic config key: a bare size.
-	writeReadBack(t, unixURI(startNbdkit(t, ramdisk, "8M")))
+	writeReadBack(t, unixURI(startNbdkit(t, so, "8M")))
 }
 
-func TestKitRamdiskDaemon(t *testing.T) {
+func kitDaemon(t *testing.T, so string) {
 	need(t, "nbdcopy")
-	d := daemonize(t, ramdisk, "size=16M")
+	d := daemonize(t, so, "size=16M")
 	writeReadBack(t, unixURI(d.sock))
 	d.stop(t)
 }
 
-func TestKitRamdiskRun(t *testing.T) {
+func kitRun(t *testing.T, so string) {
 	need(t, "nbdcopy")
 	path, data := randomFile(t, 4<<20)
 	out := filepath.Join(t.TempDir(), "out")
-	run(t, "nbdkit", "-U", "-", ramdisk, "size=16M",
+	run(t, "nbdkit", "-U", "-", so, "size=16M",
 		"--run", "nbdcopy "+path+" \"$uri\" && nbdcopy \"$uri\" "+out)
 	got, err := os.ReadFile(out)
 	if err != nil {
@@ -75,7 +90,7 @@ func TestKitRamdiskRun(t *testing.T) {
 	sameBytes(t, "read back under --run", got, data)
 }
 
-func TestKitRamdiskStdio(t *testing.T) {
+func kitStdio(t *testing.T, so string) {
 	need(t, pythonNbd)
 	out := python(t, `
 import nbd, sys, os
@@ -92,7 +107,7 @@ h.trim(4096, 4096)
 assert h.pread(4096, 4096) == bytes(4096)
 h.shutdown()
 print("ok")
-`, ramdisk)
+`, so)
 	if strings.TrimSpace(out) != "ok" {
 		t.Fatalf("got %q", out)
 	}
@@ -100,12 +115,18 @@ print("ok")
 
 // systemd-socket-activate listens, then starts nbdkit at the first
 // connection with the socket in LISTEN_FDS; nbdkit keeps serving it.
-func TestKitRamdiskSocketActivation(t *testing.T) {
+func kitSocketActivation(t *testing.T, so string) {
 	need(t, "systemd-socket-activate", "nbdcopy")
 	sock := filepath.Join(t.TempDir(), "rd.sock")
-	start(t, procOpts{prog: "systemd-socket-activate", sock: sock}, "-l", sock, "nbdkit", ramdisk, "size=16M")
+	start(t, procOpts{prog: "systemd-socket-activate", sock: sock}, "-l", sock, "nbdkit", so, "size=16M")
 	writeReadBack(t, unixURI(sock))
 }
+
+func TestKitRamdiskForeground(t *testing.T)       { kitForeground(t, ramdisk) }
+func TestKitRamdiskDaemon(t *testing.T)           { kitDaemon(t, ramdisk) }
+func TestKitRamdiskRun(t *testing.T)              { kitRun(t, ramdisk) }
+func TestKitRamdiskStdio(t *testing.T)            { kitStdio(t, ramdisk) }
+func TestKitRamdiskSocketActivation(t *testing.T) { kitSocketActivation(t, ramdisk) }
 
 // A missing or bad size: exit status 1 and one line, before nbdkit
 // listens or detaches, in every mode.
@@ -172,9 +193,9 @@ func goPlugin(t *testing.T, src, out string) (string, string, error) {
 
 // A plugin directory outside the tree, without a go.mod and with one
 // that names the kit as README says, builds with `make go-plugin` into
-// one .so that serves in daemon mode and under --run.
+// one .so that serves in every mode (daemon and --run among them).
 func TestKitOutOfTree(t *testing.T) {
-	need(t, "nbdkit", "nbdcopy")
+	need(t, "nbdkit")
 	for _, c := range []struct{ name, gomod string }{
 		{"no-go.mod", ""},
 		{"own-go.mod", "module example.com/myplugin\n\ngo 1.19\n\nrequire nbdkit-nbd-go-plugin v0.0.0\n"},
@@ -200,19 +221,11 @@ func TestKitOutOfTree(t *testing.T) {
 				t.Error("the build changed the author's go.mod")
 			}
 
-			d := daemonize(t, so, "size=16M")
-			writeReadBack(t, unixURI(d.sock))
-			d.stop(t)
-
-			path, data := randomFile(t, 4<<20)
-			out := filepath.Join(t.TempDir(), "out")
-			run(t, "nbdkit", "-U", "-", so, "size=16M",
-				"--run", "nbdcopy "+path+" \"$uri\" && nbdcopy \"$uri\" "+out)
-			got, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatal(err)
+			// The temporary build directory is gone: the .so is all
+			// there is.
+			for _, m := range kitModes {
+				t.Run(m.name, func(t *testing.T) { m.serve(t, so) })
 			}
-			sameBytes(t, "read back under --run", got, data)
 		})
 	}
 }
