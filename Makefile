@@ -24,8 +24,9 @@ POD2MAN   ?= pod2man
 export GOTOOLCHAIN = local
 CC        ?= cc
 PKG_CONFIG ?= pkg-config
-GOFLAGS_BUILD = -trimpath -buildvcs=false \
-	-ldflags='-buildid= -s -w -X nbdkit-nbd-go-plugin/plugin.Version=$(VERSION)'
+# The Go library's link flags (loader/go-plugin.sh adds -trimpath
+# -buildvcs=false to every go build); this plugin's also set its version.
+GO_LDFLAGS = -buildid= -s -w
 # CFLAGS, CPPFLAGS and LDFLAGS from the environment (dpkg-buildflags
 # exports them, with the hardening options), the command line or
 # config.mk are used for the loader and, through CGO_CFLAGS and
@@ -62,29 +63,33 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(plugindir)/$(PLUGIN) $(DESTDIR)$(mandir)/man1/$(MANPAGE)
 
-# GO_PLUGIN(OUTPUT, MAIN, BUILDDIR) builds the Go main package MAIN
-# (which calls nbdkit.Register and, run as a program,
-# nbdkit.WriteLoaderHeader) into OUTPUT: the loader with the Go library
-# inside.  BUILDDIR holds the intermediate files, one per plugin.
-LOADER_SOURCES = loader/loader.c loader/forks.c loader/forks.h loader/embed.S nbdkit/abi.h
+# GO_PLUGIN(OUTPUT, MAIN, BUILDDIR) builds the Go main package in the
+# directory MAIN (its init calls nbdkit.Register, its main nbdkit.Main)
+# into OUTPUT: the loader with the Go library inside.  BUILDDIR holds
+# the intermediate files, one per plugin.  loader/go-plugin.sh does the
+# work, for `make go-plugin` too.
+LOADER_SOURCES = loader/loader.c loader/forks.c loader/forks.h loader/embed.S \
+	loader/go-plugin.sh nbdkit/abi.h
+GO_PLUGIN_SH = GO='$(GO)' CC='$(CC)' CPPFLAGS='$(CPPFLAGS)' CFLAGS='$(CFLAGS)' \
+	LDFLAGS='$(LDFLAGS)' LOADER_CFLAGS='$(LOADER_CFLAGS)' \
+	GO_LDFLAGS='$(GO_LDFLAGS)' ./loader/go-plugin.sh
 define GO_PLUGIN
-$(3)/library.so: $$(GO_SOURCES) VERSION
-	@mkdir -p $(3)
-	$$(GO) build $$(GOFLAGS_BUILD) -buildmode=c-shared -o $$@ ./$(2)
-	rm -f $(3)/library.h
-
-$(3)/plugin-desc.h: $$(GO_SOURCES) VERSION
-	@mkdir -p $(3)
-	$$(GO) run $$(GOFLAGS_BUILD) ./$(2) > $$@.tmp
-	mv $$@.tmp $$@
-
-$(1): $$(LOADER_SOURCES) $(3)/plugin-desc.h $(3)/library.so
-	$$(CC) $$(CPPFLAGS) $$(CFLAGS) $$(LOADER_CFLAGS) $$(LDFLAGS) -I$(3) -shared -o $$@ \
-		-DGO_LIBRARY='"$(3)/library.so"' loader/loader.c loader/forks.c loader/embed.S -ldl
+$(1): $$(GO_SOURCES) $$(LOADER_SOURCES) VERSION
+	@$$(GO_PLUGIN_SH) ./$(2) $(1) $(3)
 endef
+$(PLUGIN): GO_LDFLAGS += -X nbdkit-nbd-go-plugin/plugin.Version=$(VERSION)
 
 $(eval $(call GO_PLUGIN,$(PLUGIN),cmd/nbdkit-nbd-go-plugin,build/nbd-go))
 $(eval $(call GO_PLUGIN,$(RAMDISK),examples/ramdisk,build/ramdisk))
+
+# make go-plugin SRC=DIR OUT=FILE: build the Go main package in DIR,
+# anywhere on disk, with or without its own go.mod, into the plugin
+# FILE (relative paths are relative to this directory).  See README,
+# "Writing your own plugin with the kit".
+go-plugin:
+	@test -n "$(SRC)" && test -n "$(OUT)" || \
+		{ echo "usage: make go-plugin SRC=DIR OUT=FILE" >&2; exit 2; }
+	@$(GO_PLUGIN_SH) '$(SRC)' '$(OUT)'
 
 check: all check-engine
 	$(GO) vet ./...
@@ -195,4 +200,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all check check-engine check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
+.PHONY: all go-plugin check check-engine check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck

@@ -106,6 +106,16 @@ func (a *adapter[H]) threadModel() ThreadModel {
 	return a.p.ThreadModel()
 }
 
+// checkThreadModel refuses what is not one of nbdkit's thread models:
+// nbdkit would take a negative one as the most restrictive of all, and
+// the loader cannot serve a model it does not know.
+func checkThreadModel(m ThreadModel) error {
+	if m < SerializeConnections || m > Parallel {
+		return fmt.Errorf("ThreadModel returned %d, which is not a thread model (SerializeConnections, SerializeAllRequests, SerializeRequests or Parallel)", int(m))
+	}
+	return nil
+}
+
 func (a *adapter[H]) cleanup() {
 	if a.p.Cleanup != nil {
 		a.p.Cleanup()

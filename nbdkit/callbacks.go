@@ -57,7 +57,7 @@ func catchVoid() {
 //export nbdkitgo_start
 func nbdkitgo_start(host *C.struct_nbdkitgo_host) *C.struct_nbdkitgo_ops {
 	C.nbdkitgo_host = host
-	if registered == nil {
+	if registered == nil || registerErr != nil {
 		return nil
 	}
 	return &C.nbdkitgo_ops
@@ -87,7 +87,11 @@ func nbdkitgo_config_complete() (r C.int) {
 //export nbdkitgo_thread_model
 func nbdkitgo_thread_model() (r C.int) {
 	defer catch(&r)
-	return C.int(registered.threadModel())
+	m := registered.threadModel()
+	if err := checkThreadModel(m); err != nil {
+		return status(err)
+	}
+	return C.int(m)
 }
 
 //export nbdkitgo_get_ready

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 )
 
 type testHandle struct{}
@@ -45,6 +47,59 @@ func TestWriteLoaderHeader(t *testing.T) {
 	}
 	if strings.Count(h, "NBDKITGO_HAS_") != len(callbackNames) {
 		t.Errorf("want %d HAS lines:\n%s", len(callbackNames), h)
+	}
+}
+
+// What nbdkit would refuse at load time fails the build instead, with
+// one line naming the field.
+func TestCheck(t *testing.T) {
+	open := func(bool) (*testHandle, error) { return &testHandle{}, nil }
+	size := func(*testHandle) (int64, error) { return 1, nil }
+	read := func(*testHandle, []byte, uint64, Flags) error { return nil }
+	good := func() Plugin[*testHandle] {
+		return Plugin[*testHandle]{Name: "good-1", Open: open, GetSize: size, PRead: read}
+	}
+	for _, c := range []struct {
+		want   string // in the error; "" for none
+		change func(p *Plugin[*testHandle])
+	}{
+		{"", func(p *Plugin[*testHandle]) {}},
+		{"no Open callback", func(p *Plugin[*testHandle]) { p.Open = nil }},
+		{"no GetSize callback", func(p *Plugin[*testHandle]) { p.GetSize = nil }},
+		{"no PRead callback", func(p *Plugin[*testHandle]) { p.PRead = nil }},
+		// A direct data path may serve pread instead.
+		{"", func(p *Plugin[*testHandle]) {
+			p.PRead = nil
+			p.DirectOps = []string{"pread"}
+			p.Direct = func(*testHandle) unsafe.Pointer { return nil }
+		}},
+		{"DirectOps is set but Direct is nil", func(p *Plugin[*testHandle]) { p.DirectOps = []string{"zero"} }},
+		{`DirectOps: "read"`, func(p *Plugin[*testHandle]) { p.DirectOps = []string{"read"} }},
+		{"no Name", func(p *Plugin[*testHandle]) { p.Name = "" }},
+		{`Name "-x"`, func(p *Plugin[*testHandle]) { p.Name = "-x" }},
+		{`Name "my_plugin"`, func(p *Plugin[*testHandle]) { p.Name = "my_plugin" }},
+		{`Name "a\nb"`, func(p *Plugin[*testHandle]) { p.Name = "a\nb" }},
+		{`DebugFlags: "a-b"`, func(p *Plugin[*testHandle]) { p.DebugFlags = []string{"a-b"} }},
+		{`"v" is listed twice`, func(p *Plugin[*testHandle]) { p.DebugFlags = []string{"v", "v"} }},
+		{`MagicConfigKey "1size"`, func(p *Plugin[*testHandle]) { p.MagicConfigKey = "1size" }},
+		{"", func(p *Plugin[*testHandle]) { p.MagicConfigKey = "disk.size_2-x" }},
+	} {
+		p := good()
+		c.change(&p)
+		err := check(reflect.ValueOf(&p).Elem())
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%+v: refused: %v", p, err)
+		case c.want != "" && err == nil:
+			t.Errorf("accepted, want an error with %q", c.want)
+		case err != nil && (!strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n")):
+			t.Errorf("error %q: want one line with %q", err, c.want)
+		}
+	}
+	for m, ok := range map[ThreadModel]bool{-1: false, 0: true, Parallel: true, 4: false} {
+		if err := checkThreadModel(m); (err == nil) != ok {
+			t.Errorf("checkThreadModel(%d) = %v", m, err)
+		}
 	}
 }
 

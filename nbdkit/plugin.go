@@ -3,6 +3,7 @@
 package nbdkit
 
 import (
+	"errors"
 	"sync"
 	"unsafe"
 )
@@ -60,15 +61,18 @@ const (
 )
 
 // Plugin describes an nbdkit plugin whose per-connection handle is H
-// (what Open returns, handed to every connection callback).  Every func
-// field is optional and has the meaning of the nbdkit callback of the
-// same name (nbdkit-plugin(3)): Load is load, GetSize is get_size, and
-// so on.  A callback returning an error makes nbdkit fail the call: the
+// (what Open returns, handed to every connection callback).  Each func
+// field has the meaning of the nbdkit callback of the same name
+// (nbdkit-plugin(3)): Load is load, GetSize is get_size, and so on.
+// Open, GetSize and PRead are required (PRead unless DirectOps names
+// "pread"), as nbdkit requires them; the others may be nil.  A callback returning an error makes nbdkit fail the call: the
 // error's text is logged with nbdkit_error and its errno (see the
-// package documentation) goes to the client.
+// package documentation) goes to the client.  Which process runs each
+// callback, when, and which must be repeatable: the package
+// documentation, "What runs when, and in which process".
 type Plugin[H any] struct {
-	// Name is the plugin's name (required), as in nbdkit --dump-plugin
-	// and -D NAME.FLAG=N.
+	// Name is the plugin's name (required: ASCII letters, digits and
+	// '-', not first), as in nbdkit --dump-plugin and -D NAME.FLAG=N.
 	Name string
 	// Longname, Version, Description, ConfigHelp and MagicConfigKey
 	// are nbdkit's fields of the same names (may be empty).
@@ -146,22 +150,22 @@ type Plugin[H any] struct {
 var (
 	registerOnce sync.Once
 	registered   callbacks
-	registeredAs any // the *Plugin[H], for WriteLoaderHeader
+	registeredAs any   // the *Plugin[H], for WriteLoaderHeader
+	registerErr  error // a second Register, reported by WriteLoaderHeader
 )
 
 // Register makes p the plugin of this library.  Call it once, from an
-// init function of the main package.
+// init function of the main package.  Mistakes in p (a missing required
+// callback, a name nbdkit refuses, ...) are reported when the plugin is
+// built, by WriteLoaderHeader.
 func Register[H any](p *Plugin[H]) {
-	if p.Name == "" {
-		panic("nbdkit.Register: the plugin has no Name")
-	}
 	done := false
 	registerOnce.Do(func() {
 		registered = &adapter[H]{p: p}
 		registeredAs = p
 		done = true
 	})
-	if !done {
-		panic("nbdkit.Register called twice")
+	if !done && registerErr == nil {
+		registerErr = errors.New("nbdkit.Register is called more than once: a library holds one plugin")
 	}
 }

@@ -26,6 +26,8 @@ type config struct {
 	port     string   // port=, with hostname or vsock
 	args     []string // arg=, with command
 
+	vsockPort uint32 // with vsock=: port= as configComplete parsed it, or nbdPort
+
 	export        string
 	exportGiven   bool
 	dynamicExport bool
@@ -260,29 +262,29 @@ func configComplete() error {
 		modes = append(modes, fmt.Sprintf("socket-fd=%d", *cfg.socketFD))
 	}
 	switch {
-	case len(modes) == 0 && cfg.port != "":
+	case len(modes) > 1:
+		return fmt.Errorf("give only one server, not %s", strings.Join(modes, " and "))
+	case cfg.port != "" && cfg.hostname == "" && cfg.vsock == nil:
 		return fmt.Errorf("port=%s needs hostname= or vsock=", cfg.port)
 	case len(modes) == 0:
 		return fmt.Errorf("no server given: use one of socket=, hostname=, vsock=, uri=, command= or socket-fd=")
-	case len(modes) > 1:
-		return fmt.Errorf("give only one server, not %s", strings.Join(modes, " and "))
 	}
 
-	if cfg.port != "" {
-		switch {
-		case cfg.hostname != "":
-			if n, err := strconv.ParseUint(cfg.port, 10, 64); err == nil && n > 65535 {
-				return fmt.Errorf("port=%s: a TCP port is at most 65535", cfg.port)
-			} else if err != nil && strings.Trim(strings.TrimLeft(cfg.port, "+-"), "0123456789") == "" {
-				return fmt.Errorf("port=%s: not a port number", cfg.port)
-			}
-		case cfg.vsock != nil:
-			if _, err := parseUint("port", cfg.port, uint32Bits); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("port=%s needs hostname= or vsock=", cfg.port)
+	cfg.vsockPort = nbdPort
+	switch {
+	case cfg.port == "":
+	case cfg.hostname != "":
+		if n, err := strconv.ParseUint(cfg.port, 10, 64); err == nil && n > 65535 {
+			return fmt.Errorf("port=%s: a TCP port is at most 65535", cfg.port)
+		} else if err != nil && strings.Trim(strings.TrimLeft(cfg.port, "+-"), "0123456789") == "" {
+			return fmt.Errorf("port=%s: not a port number", cfg.port)
 		}
+	case cfg.vsock != nil:
+		p, err := parseUint("port", cfg.port, uint32Bits)
+		if err != nil {
+			return err
+		}
+		cfg.vsockPort = uint32(p)
 	}
 	if cfg.uri != "" {
 		ok := false

@@ -162,15 +162,7 @@ func connectMode(h *libnbd.Handle) error {
 		}
 		return h.ConnectTCP(cfg.hostname, port)
 	case cfg.vsock != nil:
-		port := uint32(nbdPort)
-		if cfg.port != "" {
-			p, err := parseUint("port", cfg.port, uint32Bits)
-			if err != nil {
-				return err
-			}
-			port = uint32(p)
-		}
-		return h.ConnectVsock(*cfg.vsock, port)
+		return h.ConnectVsock(*cfg.vsock, cfg.vsockPort)
 	case cfg.uri != "":
 		return h.ConnectURI(cfg.uri)
 	case cfg.command != "":

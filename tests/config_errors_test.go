@@ -66,7 +66,7 @@ func configErrors(server string) []configError {
 		{[]string{s, "dynamic-export=true", "shared=true"}, []string{"dynamic-export", "shared=true"}, true},
 		{[]string{"command=nbdkit", "dynamic-export=true"}, []string{"dynamic-export", "command="}, true},
 		// Combinations that cannot be served safely (the C plugin serves
-		// some of them anyway: see README).  tests/combinations_test.go
+		// some of them anyway: see the man page).  tests/combinations_test.go
 		// refuses the rest of the space with a real inherited socket.
 		{[]string{"command=nbdkit", "arg=memory", "arg=1M", "shared=false"}, []string{"shared=false", "command=nbdkit"}, false},
 		{[]string{"command=nbdkit", "command=qemu-nbd"}, []string{"command=qemu-nbd", "twice"}, false},

@@ -5,10 +5,15 @@ package tests
 // The kit (loader + nbdkit package) knows nothing of NBD proxying: its
 // example plugin, examples/ramdisk, built by the same make rule, serves
 // in every nbdkit mode and refuses a bad configuration before serving.
+// Copied out of the tree, as a plugin author's own directory, it builds
+// with `make go-plugin` (with or without a go.mod of its own) and
+// serves in every mode too; without Open it fails to build, saying so
+// in one line.
 
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -31,9 +36,23 @@ func writeReadBack(t *testing.T, uri string) {
 	sameBytes(t, "read back", readAll(t, uri), data)
 }
 
-func TestKitRamdiskForeground(t *testing.T) {
+// kitModes serve a plugin built with the kit, ramdisk or a copy of it
+// (so, taking size=), in each nbdkit mode, and check what a client
+// reads back.
+var kitModes = []struct {
+	name  string
+	serve func(t *testing.T, so string)
+}{
+	{"foreground", kitForeground},
+	{"daemon", kitDaemon},
+	{"run", kitRun},
+	{"stdio", kitStdio},
+	{"socket-activation", kitSocketActivation},
+}
+
+func kitForeground(t *testing.T, so string) {
 	need(t, "nbdinfo", "nbdcopy")
-	sock := startNbdkit(t, ramdisk, "size=64M")
+	sock := startNbdkit(t, so, "size=64M")
 	uri := unixURI(sock)
 	if got := sizeThrough(t, uri); got != "67108864" {
 		t.Fatalf("size %s, want 64M", got)
@@ -48,21 +67,21 @@ func TestKitRamdiskForeground(t *testing.T) {
 	got, _ := os.ReadFile(out)
 	sameBytes(t, "read back in parallel", got, data)
 	// The magic config key: a bare size.
-	writeReadBack(t, unixURI(startNbdkit(t, ramdisk, "8M")))
+	writeReadBack(t, unixURI(startNbdkit(t, so, "8M")))
 }
 
-func TestKitRamdiskDaemon(t *testing.T) {
+func kitDaemon(t *testing.T, so string) {
 	need(t, "nbdcopy")
-	d := daemonize(t, ramdisk, "size=16M")
+	d := daemonize(t, so, "size=16M")
 	writeReadBack(t, unixURI(d.sock))
 	d.stop(t)
 }
 
-func TestKitRamdiskRun(t *testing.T) {
+func kitRun(t *testing.T, so string) {
 	need(t, "nbdcopy")
 	path, data := randomFile(t, 4<<20)
 	out := filepath.Join(t.TempDir(), "out")
-	run(t, "nbdkit", "-U", "-", ramdisk, "size=16M",
+	run(t, "nbdkit", "-U", "-", so, "size=16M",
 		"--run", "nbdcopy "+path+" \"$uri\" && nbdcopy \"$uri\" "+out)
 	got, err := os.ReadFile(out)
 	if err != nil {
@@ -71,7 +90,7 @@ func TestKitRamdiskRun(t *testing.T) {
 	sameBytes(t, "read back under --run", got, data)
 }
 
-func TestKitRamdiskStdio(t *testing.T) {
+func kitStdio(t *testing.T, so string) {
 	need(t, pythonNbd)
 	out := python(t, `
 import nbd, sys, os
@@ -88,7 +107,7 @@ h.trim(4096, 4096)
 assert h.pread(4096, 4096) == bytes(4096)
 h.shutdown()
 print("ok")
-`, ramdisk)
+`, so)
 	if strings.TrimSpace(out) != "ok" {
 		t.Fatalf("got %q", out)
 	}
@@ -96,12 +115,18 @@ print("ok")
 
 // systemd-socket-activate listens, then starts nbdkit at the first
 // connection with the socket in LISTEN_FDS; nbdkit keeps serving it.
-func TestKitRamdiskSocketActivation(t *testing.T) {
+func kitSocketActivation(t *testing.T, so string) {
 	need(t, "systemd-socket-activate", "nbdcopy")
 	sock := filepath.Join(t.TempDir(), "rd.sock")
-	start(t, procOpts{prog: "systemd-socket-activate", sock: sock}, "-l", sock, "nbdkit", ramdisk, "size=16M")
+	start(t, procOpts{prog: "systemd-socket-activate", sock: sock}, "-l", sock, "nbdkit", so, "size=16M")
 	writeReadBack(t, unixURI(sock))
 }
+
+func TestKitRamdiskForeground(t *testing.T)       { kitForeground(t, ramdisk) }
+func TestKitRamdiskDaemon(t *testing.T)           { kitDaemon(t, ramdisk) }
+func TestKitRamdiskRun(t *testing.T)              { kitRun(t, ramdisk) }
+func TestKitRamdiskStdio(t *testing.T)            { kitStdio(t, ramdisk) }
+func TestKitRamdiskSocketActivation(t *testing.T) { kitSocketActivation(t, ramdisk) }
 
 // A missing or bad size: exit status 1 and one line, before nbdkit
 // listens or detaches, in every mode.
@@ -120,5 +145,119 @@ func TestKitRamdiskConfigErrors(t *testing.T) {
 		for _, mode := range [][]string{nil, {"-f"}, {"--run", "true"}, {"-s"}} {
 			refusedBeforeServing(t, mode, ramdisk, c.params, c.want)
 		}
+	}
+}
+
+// kitDir is the checkout: the kit that `make go-plugin` runs in.
+var kitDir = func() string {
+	p, err := filepath.Abs("..")
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
+
+// authorCopy copies the .go files of examples/ramdisk into a new
+// directory outside the tree, as a plugin author's own, with edit
+// applied to main.go, and returns the directory.
+func authorCopy(t *testing.T, edit func(string) string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "myplugin")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob("../examples/ramdisk/*.go")
+	if len(files) == 0 {
+		t.Fatal("examples/ramdisk has no .go file")
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(f) == "main.go" {
+			b = []byte(edit(string(b)))
+		}
+		writeFile(t, filepath.Join(dir, filepath.Base(f)), string(b))
+	}
+	return dir
+}
+
+// goPlugin runs `make go-plugin SRC=src OUT=out` in the kit and returns
+// its output and error.
+func goPlugin(t *testing.T, src, out string) (string, string, error) {
+	t.Helper()
+	need(t, "make", "cc")
+	return runOut(t, "make", "-s", "-C", kitDir, "go-plugin", "SRC="+src, "OUT="+out)
+}
+
+// A plugin directory outside the tree, without a go.mod and with one
+// that names the kit as README says, builds with `make go-plugin` into
+// one .so that serves in every mode (daemon and --run among them).
+func TestKitOutOfTree(t *testing.T) {
+	need(t, "nbdkit")
+	for _, c := range []struct{ name, gomod string }{
+		{"no-go.mod", ""},
+		{"own-go.mod", "module example.com/myplugin\n\ngo 1.19\n\nrequire nbdkit-nbd-go-plugin v0.0.0\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := authorCopy(t, func(s string) string { return s })
+			if c.gomod != "" {
+				writeFile(t, filepath.Join(src, "go.mod"), c.gomod)
+			}
+			so := filepath.Join(t.TempDir(), "nbdkit-myplugin-plugin.so")
+			if stdout, stderr, err := goPlugin(t, src, so); err != nil {
+				t.Fatalf("make go-plugin: %v\n%s%s", err, stdout, stderr)
+			}
+			// The author's directory is as it was: no file added or changed.
+			want := 1 // main.go
+			if c.gomod != "" {
+				want++
+			}
+			if names, _ := filepath.Glob(filepath.Join(src, "*")); len(names) != want {
+				t.Errorf("the build left files in the plugin's directory: %v", names)
+			}
+			if c.gomod != "" && readFile(t, filepath.Join(src, "go.mod")) != c.gomod {
+				t.Error("the build changed the author's go.mod")
+			}
+
+			// The temporary build directory is gone: the .so is all
+			// there is.
+			for _, m := range kitModes {
+				t.Run(m.name, func(t *testing.T) { m.serve(t, so) })
+			}
+		})
+	}
+}
+
+// A plugin without Open, which nbdkit would refuse to load, fails to
+// build: one line names Open, and no .so is written.
+func TestKitBuildRefusesMissingOpen(t *testing.T) {
+	open := regexp.MustCompile(`(?m)^\s*Open:.*\n`)
+	src := authorCopy(t, func(s string) string {
+		if !open.MatchString(s) {
+			t.Fatal("examples/ramdisk/main.go has no Open: line to remove")
+		}
+		return open.ReplaceAllString(s, "")
+	})
+	so := filepath.Join(t.TempDir(), "nbdkit-myplugin-plugin.so")
+	stdout, stderr, err := goPlugin(t, src, so)
+	if err == nil {
+		t.Fatalf("make go-plugin built a plugin without Open:\n%s%s", stdout, stderr)
+	}
+	// make's own line ("make: ***", or "make[1]: ***" under make check)
+	// aside.
+	makeLine := regexp.MustCompile(`^make(\[\d+\])?: \*\*\* `)
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if !makeLine.MatchString(l) {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "no Open callback") {
+		t.Errorf("want one line naming Open, got:\n%s", stderr)
+	}
+	if _, err := os.Stat(so); err == nil {
+		t.Error("a .so was written")
 	}
 }

@@ -4,13 +4,10 @@
 //
 // Built with -buildmode=c-shared it is the library the loader carries
 // and starts (see loader/loader.c).  Built as a program it prints the C
-// header the loader is compiled with (see nbdkit.WriteLoaderHeader).
+// header the loader is compiled with (see nbdkit.Main).
 package main
 
 import (
-	"fmt"
-	"os"
-
 	"nbdkit-nbd-go-plugin/nbdkit"
 	"nbdkit-nbd-go-plugin/plugin"
 )
@@ -19,9 +16,6 @@ func init() {
 	nbdkit.Register(plugin.Plugin)
 }
 
-func main() {
-	if err := nbdkit.WriteLoaderHeader(os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
+// main runs only when the build runs this package as a program: it
+// writes the loader's header (nbdkit.Main).
+func main() { nbdkit.Main() }

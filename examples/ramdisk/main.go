@@ -17,7 +17,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"syscall"
 
@@ -114,9 +113,6 @@ func zero(_ conn, count uint32, offset uint64, _ nbdkit.Flags) error {
 	return nil
 }
 
-func main() {
-	if err := nbdkit.WriteLoaderHeader(os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
+// main runs only when the build runs this package as a program: it
+// writes the loader's header (nbdkit.Main).
+func main() { nbdkit.Main() }
