@@ -2,9 +2,10 @@
 
 package tests
 
-// README's commands run as written: the session of "Using it" and the
-// outside plugin of "Writing your own plugin with the kit", each its
-// section's first indented block, run by bash -e in the checkout.  The
+// README's commands run as written: the session of "Using it", the
+// blue-green handover of "Surviving restarts" and the outside plugin of
+// "Writing your own plugin with the kit", each its section's first
+// indented block, run by bash -e in the checkout.  The
 // plugin there is the one the package documentation shows.
 
 import (
@@ -109,6 +110,16 @@ func TestReadmeUsingIt(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("README's session did not print %q:\n%s", want, out)
 		}
+	}
+}
+
+// "Surviving restarts": the blue-green handover's commands; the proxy
+// still serves the disk once the old server has gone.
+func TestReadmeBlueGreen(t *testing.T) {
+	need(t, "nbdkit", "nbdkit-file-plugin", "nbdinfo", "truncate")
+	out := runReadme(t, "Surviving restarts: reconnect-delay and timeout")
+	if out != "67108864\n" {
+		t.Errorf("README's blue-green commands printed %q, want the disk's size", out)
 	}
 }
 
