@@ -74,16 +74,15 @@ print(hs[0].pread(1, 0) == b"A", hs[1].pread(1, 65536) == b"B")
 // workload runs readers and writers through the proxy, each on its own
 // connection: a writer writes its own blocks over and over and reads
 // each back; a reader reads everywhere.  Asked "ops", it prints how many
-// requests have completed; at the end of stdin it prints the errors.
+// requests the slowest client has completed; at the end of stdin it
+// prints the errors.
 const workload = `
 import nbd, sys, threading, random
 sock, n = sys.argv[1], int(sys.argv[2])
 BLOCK = 4096
 lock = threading.Lock()
-ops, errors = [0], []
+ops, errors = [0] * n, []
 stop = threading.Event()
-def count():
-    with lock: ops[0] += 1
 def work(i):
     h = nbd.NBD(); h.connect_unix(sock)
     rnd, k = random.Random(i), 0
@@ -99,20 +98,22 @@ def work(i):
                 h.pread(BLOCK, rnd.randrange(16 * n) * BLOCK)
         except nbd.Error as e:
             errors.append("client %d: %s" % (i, e))
-        count(); k += 1
+        with lock: ops[i] += 1
+        k += 1
     h.shutdown()
 ts = [threading.Thread(target=work, args=(i,)) for i in range(n)]
 for t in ts: t.start()
 print("ready")
 for line in sys.stdin:
-    with lock: print(ops[0])
+    with lock: print(min(ops))
 stop.set()
 for t in ts: t.join()
 print("errors", len(errors))
 for e in errors[:10]: print(e)
 `
 
-// workloadOps asks the workload how many requests have completed.
+// workloadOps asks the workload how many requests its slowest client has
+// completed.
 func workloadOps(t *testing.T, w *lineProc) int {
 	t.Helper()
 	fmt.Fprintln(w.stdin, "ops")
@@ -123,8 +124,12 @@ func workloadOps(t *testing.T, w *lineProc) int {
 	return n
 }
 
-// waitWorkload waits until the workload has completed n more requests:
-// the clients are seen at work through the proxy.
+// waitWorkload waits until every client of the workload has completed n
+// more requests: each is seen at work through the proxy, on a server
+// connection the server has been serving for a while.  (A server stopped
+// right after accepting a connection may close it without reading the
+// requests on it, and nothing tells the proxy that it did not read
+// them: those writes are in doubt.  Not what this test is about.)
 func waitWorkload(t *testing.T, w *lineProc, n int) {
 	t.Helper()
 	from := workloadOps(t, w)
@@ -156,13 +161,13 @@ func TestGracefulRestartsInvisible(t *testing.T) {
 			w := startPython(t, workload, proxy.sock, "8")
 			w.expect(t, "ready", 30*time.Second)
 			for i := 0; i < 5; i++ {
-				waitWorkload(t, w, 200)
+				waitWorkload(t, w, 25)
 				if err := server.stop(30 * time.Second); err != nil {
 					t.Fatal(err)
 				}
 				server.relaunch()
 			}
-			waitWorkload(t, w, 200)
+			waitWorkload(t, w, 25)
 			endWorkload(t, w)
 			if n := proxy.stderrCount("NBD_ESHUTDOWN"); n == 0 {
 				t.Errorf("the proxy never saw the server shut down:\n%s", proxy.stderr.String())
@@ -199,7 +204,7 @@ func TestBlueGreenHandover(t *testing.T) {
 	proxy := start(t, procOpts{}, plugin, "socket="+link, "reconnect-delay=10")
 	w := startPython(t, workload, proxy.sock, "8")
 	w.expect(t, "ready", 30*time.Second)
-	waitWorkload(t, w, 200)
+	waitWorkload(t, w, 25)
 
 	green := start(t, procOpts{sock: filepath.Join(dir, "green.sock")}, "file", disk)
 	switchLink(t, link, green.sock)
@@ -207,7 +212,7 @@ func TestBlueGreenHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitClientConns(t, green, 8)
-	waitWorkload(t, w, 200)
+	waitWorkload(t, w, 25)
 	endWorkload(t, w)
 }
 
