@@ -30,10 +30,16 @@
  *    in a volatile cache, and a flush on a new connection covers only
  *    what the new connection's server has.  So each client (an nbdkit
  *    connection: struct client; in shared mode many share a path)
- *    remembers the oldest generation on which it had a write (not FUA)
- *    acknowledged that no flush has covered yet; its next flush fails
- *    with EIO if that generation is older than the one the flush
- *    succeeded on.  That flush settles it: later flushes work normally.
+ *    remembers, for the writes (not FUA) acknowledged to it that no
+ *    flush has covered yet, the generations they were acknowledged on.
+ *    A flush that succeeds on a later generation than one of the writes
+ *    acknowledged before it began cannot cover them: they may be lost.
+ *    From then on every flush of that client fails with EIO, those in
+ *    flight too.  Not only the next one: requests and replies cross on
+ *    the wire, so the plugin cannot tell which flush the client sent
+ *    after it saw a lost write acknowledged, and a later flush that
+ *    succeeded would vouch for it.  The client learns of the loss as
+ *    loudly as NBD allows; a new connection starts afresh.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -74,6 +80,19 @@ struct path {
   int closing;                  /* links being closed in the background */
 };
 
+/* Writes acknowledged to a client on one generation, numbered first
+ * to last in the order they were acknowledged.
+ */
+struct run {
+  uint64_t gen, first, last;
+};
+
+/* Runs kept per client; a new run begins only when the generation
+ * changes, and past this many the oldest two are merged (under the
+ * older generation, which can only make a flush fail, never vouch).
+ */
+#define MAX_RUNS 8
+
 /* An nbdkit connection's data path (see "Flushes" above). */
 struct client {
   struct nbdkitgo_direct ops;   /* ops.ctx points back here */
@@ -81,13 +100,11 @@ struct client {
   int tracks;                   /* whether to watch for unflushed writes */
 
   pthread_mutex_t lock;         /* protects what follows */
-  uint64_t open_oldest;         /* since the latest flush began */
-  uint64_t carried_oldest;      /* before it, not yet settled */
-  uint64_t flushes;             /* flushes begun */
+  uint64_t acked;               /* writes acknowledged, the last's number */
+  struct run runs[MAX_RUNS];    /* those no flush has covered, in order */
+  int nr_runs;
+  int lost;                     /* some may be lost: every flush fails */
 };
-
-/* No unflushed write (a generation no link has). */
-#define NO_GEN UINT64_MAX
 
 static const char *const op_names[] = {
   [ENGINE_PREAD] = "pread", [ENGINE_PWRITE] = "pwrite",
@@ -374,6 +391,54 @@ fua (uint32_t flags)
   return (flags & NBDKITGO_FLAG_FUA) ? LIBNBD_CMD_FLAG_FUA : 0;
 }
 
+/* A write was acknowledged to c on generation gen. */
+static void
+unflushed (struct client *c, uint64_t gen)
+{
+  struct run *last;
+  uint64_t n;
+
+  pthread_mutex_lock (&c->lock);
+  n = ++c->acked;
+  last = c->nr_runs ? &c->runs[c->nr_runs - 1] : NULL;
+  if (last && last->gen == gen)
+    last->last = n;
+  else {
+    if (c->nr_runs == MAX_RUNS) {
+      if (c->runs[1].gen > c->runs[0].gen)
+        c->runs[1].gen = c->runs[0].gen;
+      c->runs[1].first = c->runs[0].first;
+      memmove (&c->runs[0], &c->runs[1], (MAX_RUNS - 1) * sizeof c->runs[0]);
+      c->nr_runs--;
+    }
+    c->runs[c->nr_runs++] = (struct run) { .gen = gen, .first = n, .last = n };
+  }
+  pthread_mutex_unlock (&c->lock);
+}
+
+/* A flush that began after write number upto succeeded on generation
+ * gen (c->lock held): 1 if it cannot cover one of those writes; else
+ * they are covered, and forgotten.
+ */
+static int
+covered (struct client *c, uint64_t upto, uint64_t gen)
+{
+  int i, kept = 0;
+
+  for (i = 0; i < c->nr_runs && c->runs[i].first <= upto; ++i)
+    if (c->runs[i].gen < gen)
+      return 1;
+  for (i = 0; i < c->nr_runs; ++i) {
+    if (c->runs[i].last <= upto)
+      continue;
+    if (c->runs[i].first <= upto)
+      c->runs[i].first = upto + 1;
+    c->runs[kept++] = c->runs[i];
+  }
+  c->nr_runs = kept;
+  return 0;
+}
+
 /* A write (not a trim: one lost with a server's cache leaves the old
  * bytes, which a trim allows) is remembered, unless it had FUA, until a
  * flush covers it.
@@ -385,12 +450,8 @@ serve_write (struct client *c, struct engine_request *req, char **msg)
   int r = serve (c->path, req, &gen, msg);
 
   if (r == 0 && c->tracks && req->op != ENGINE_TRIM &&
-      !(req->flags & LIBNBD_CMD_FLAG_FUA)) {
-    pthread_mutex_lock (&c->lock);
-    if (gen < c->open_oldest)
-      c->open_oldest = gen;
-    pthread_mutex_unlock (&c->lock);
-  }
+      !(req->flags & LIBNBD_CMD_FLAG_FUA))
+    unflushed (c, gen);
   return r;
 }
 
@@ -464,33 +525,29 @@ d_flush (void *ctx, uint32_t flags, char **msg)
 {
   struct client *c = ctx;
   struct engine_request req = { .op = ENGINE_FLUSH };
-  uint64_t oldest = NO_GEN, nr = 0, gen = 0;
-  int r;
+  uint64_t upto, gen = 0;
+  int r, lost;
 
   if (!c->tracks)
     return serve (c->path, &req, &gen, msg);
   pthread_mutex_lock (&c->lock);
-  if (c->open_oldest < c->carried_oldest)
-    c->carried_oldest = c->open_oldest;
-  c->open_oldest = NO_GEN;
-  oldest = c->carried_oldest;
-  nr = ++c->flushes;
+  upto = c->acked;
   pthread_mutex_unlock (&c->lock);
 
   r = serve (c->path, &req, &gen, msg);
-  /* This flush settles what it carried: covered if it succeeded on the
-   * connection those writes were acknowledged on, reported otherwise.
-   * A flush begun since carries the same, and settles it itself.
-   */
+
   pthread_mutex_lock (&c->lock);
-  if (nr == c->flushes)
-    c->carried_oldest = NO_GEN;
+  if (r == 0 && !c->lost && covered (c, upto, gen))
+    c->lost = 1;
+  lost = c->lost;
   pthread_mutex_unlock (&c->lock);
-  if (r == 0 && oldest < gen) {
+  if (lost) {
+    free (*msg);
     *msg = strdup ("flush: writes acknowledged on a server connection "
-                   "that has since failed may not be on stable storage: "
-                   "the server has a write cache, and this flush went to "
-                   "a new connection, which cannot cover them");
+                   "that has since failed may have been lost with the "
+                   "server's write cache (a flush on a new connection "
+                   "cannot cover them): every flush of this client fails "
+                   "from now on");
     r = EIO;
   }
   return r;
@@ -616,7 +673,6 @@ client_new (struct path *p, int server_flushes)
   c->path = p;
   /* Without reconnecting, a connection never follows another. */
   c->tracks = server_flushes && p->reconnect_ms > 0;
-  c->open_oldest = c->carried_oldest = NO_GEN;
   pthread_mutex_init (&c->lock, NULL);
   return c;
 }
