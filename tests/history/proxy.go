@@ -4,7 +4,7 @@ package history
 
 import (
 	"fmt"
-	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,7 +30,7 @@ type proxy struct {
 }
 
 // startProxy runs nbdkit -f -U SOCK PLUGIN socket=LINK PARAMS... and
-// waits until it listens.
+// waits for its socket.
 func startProxy(plugin, dir, link string, params []string) (*proxy, error) {
 	p := &proxy{sock: filepath.Join(dir, "proxy.sock"), exited: make(chan struct{})}
 	p.args = append([]string{"-f", "--exit-with-parent", "-U", p.sock, plugin, "socket=" + link}, params...)
@@ -51,8 +51,10 @@ func startProxy(plugin, dir, link string, params []string) (*proxy, error) {
 			return nil, fmt.Errorf("nbdkit %s exited at start (%v): %s", strings.Join(p.args, " "), p.err, p.stderr.String())
 		default:
 		}
-		if c, err := net.Dial("unix", p.sock); err == nil {
-			c.Close()
+		// The socket's file, not a connection: a connection that closes
+		// at once would put an error on nbdkit's stderr.  (Between bind
+		// and listen a client may be refused: clients try again.)
+		if fi, err := os.Stat(p.sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			return p, nil
 		}
 		if time.Now().After(deadline) {
