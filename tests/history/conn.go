@@ -130,72 +130,83 @@ func (c *conn) handshake() error {
 	if err := wait(); err != nil {
 		return err
 	}
+	var err error
+	c.noZeroes, err = serveHandshake(c.nc, s.size, s.flags, wait)
+	return err
+}
+
+// serveHandshake is the server's side of the fixed newstyle handshake,
+// up to transmission: the export is the disk of size bytes with the
+// transmission flags.  wait, before each option, may end it.
+func serveHandshake(nc net.Conn, size int64, flags uint16, wait func() error) (noZeroes bool, err error) {
 	var hello [18]byte
 	binary.BigEndian.PutUint64(hello[0:], nbdMagic)
 	binary.BigEndian.PutUint64(hello[8:], nbdOptMagic)
 	binary.BigEndian.PutUint16(hello[16:], nbdFlagFixedNewstyle|nbdFlagNoZeroes)
-	if _, err := c.nc.Write(hello[:]); err != nil {
-		return err
+	if _, err := nc.Write(hello[:]); err != nil {
+		return false, err
 	}
 	var cflags [4]byte
-	if _, err := io.ReadFull(c.nc, cflags[:]); err != nil {
-		return err
+	if _, err := io.ReadFull(nc, cflags[:]); err != nil {
+		return false, err
 	}
-	c.noZeroes = binary.BigEndian.Uint32(cflags[:])&nbdFlagNoZeroes != 0
+	noZeroes = binary.BigEndian.Uint32(cflags[:])&nbdFlagNoZeroes != 0
 	for {
 		var h [16]byte
-		if _, err := io.ReadFull(c.nc, h[:]); err != nil {
-			return err
+		if _, err := io.ReadFull(nc, h[:]); err != nil {
+			return noZeroes, err
 		}
 		opt, n := binary.BigEndian.Uint32(h[8:]), binary.BigEndian.Uint32(h[12:])
 		if binary.BigEndian.Uint64(h[:]) != nbdOptMagic || n > nbdMaxOptionBytes {
-			return fmt.Errorf("bad option header %x", h)
+			return noZeroes, fmt.Errorf("bad option header %x", h)
 		}
 		data := make([]byte, n)
-		if _, err := io.ReadFull(c.nc, data); err != nil {
-			return err
+		if _, err := io.ReadFull(nc, data); err != nil {
+			return noZeroes, err
 		}
-		if err := wait(); err != nil {
-			return err
+		if wait != nil {
+			if err := wait(); err != nil {
+				return noZeroes, err
+			}
 		}
 		switch opt {
 		case nbdOptGo, nbdOptInfo:
 			if !validGoData(data) {
-				if err := c.optReply(opt, nbdRepErrInvalid, nil); err != nil {
-					return err
+				if err := optReply(nc, opt, nbdRepErrInvalid, nil); err != nil {
+					return noZeroes, err
 				}
 				continue
 			}
 			var info [12]byte
 			binary.BigEndian.PutUint16(info[0:], nbdInfoExport)
-			binary.BigEndian.PutUint64(info[2:], uint64(s.size))
-			binary.BigEndian.PutUint16(info[10:], s.flags)
-			if err := c.optReply(opt, nbdRepInfo, info[:]); err != nil {
-				return err
+			binary.BigEndian.PutUint64(info[2:], uint64(size))
+			binary.BigEndian.PutUint16(info[10:], flags)
+			if err := optReply(nc, opt, nbdRepInfo, info[:]); err != nil {
+				return noZeroes, err
 			}
-			if err := c.optReply(opt, nbdRepAck, nil); err != nil {
-				return err
+			if err := optReply(nc, opt, nbdRepAck, nil); err != nil {
+				return noZeroes, err
 			}
 			if opt == nbdOptGo {
-				return nil
+				return noZeroes, nil
 			}
 		case nbdOptExportName:
 			b := make([]byte, 10, 10+124)
-			binary.BigEndian.PutUint64(b[0:], uint64(s.size))
-			binary.BigEndian.PutUint16(b[8:], s.flags)
-			if !c.noZeroes {
+			binary.BigEndian.PutUint64(b[0:], uint64(size))
+			binary.BigEndian.PutUint16(b[8:], flags)
+			if !noZeroes {
 				b = b[:10+124]
 			}
-			_, err := c.nc.Write(b)
-			return err
+			_, err := nc.Write(b)
+			return noZeroes, err
 		case nbdOptAbort:
-			c.optReply(opt, nbdRepAck, nil)
-			return errGone
+			optReply(nc, opt, nbdRepAck, nil)
+			return noZeroes, errGone
 		default:
 			// Structured replies, meta contexts, TLS, lists: not
 			// implemented, which NBD allows.
-			if err := c.optReply(opt, nbdRepErrUnsup, nil); err != nil {
-				return err
+			if err := optReply(nc, opt, nbdRepErrUnsup, nil); err != nil {
+				return noZeroes, err
 			}
 		}
 	}
@@ -215,14 +226,14 @@ func validGoData(d []byte) bool {
 	return uint64(len(d)) == 4+uint64(name)+2+2*uint64(reqs)
 }
 
-func (c *conn) optReply(opt, typ uint32, data []byte) error {
+func optReply(nc net.Conn, opt, typ uint32, data []byte) error {
 	b := make([]byte, 20+len(data))
 	binary.BigEndian.PutUint64(b[0:], nbdRepMagic)
 	binary.BigEndian.PutUint32(b[8:], opt)
 	binary.BigEndian.PutUint32(b[12:], typ)
 	binary.BigEndian.PutUint32(b[16:], uint32(len(data)))
 	copy(b[20:], data)
-	_, err := c.nc.Write(b)
+	_, err := nc.Write(b)
 	return err
 }
 

@@ -16,6 +16,10 @@ type Run struct {
 	Seed     int64
 	Plugin   string // the plugin's .so, CPlugin, or "" for no proxy
 	Features ProxyFeatures
+	// InProcess, if set, starts a proxy in the test process instead
+	// (the tests' model proxy): it returns its socket and how to stop
+	// it.
+	InProcess func(sched *Schedule, dir, link string) (sock string, stop func(), err error)
 }
 
 // How long a run's phases may take.  They bound, never pace: each phase
@@ -71,7 +75,13 @@ func (run Run) Execute() (*Result, error) {
 
 	sock := srv.Link()
 	var px *proxy
-	if run.Plugin != "" {
+	if run.InProcess != nil {
+		var stop func()
+		if sock, stop, err = run.InProcess(sched, dir, srv.Link()); err != nil {
+			return nil, err
+		}
+		defer stop()
+	} else if run.Plugin != "" {
 		if px, err = startProxy(run.Plugin, dir, srv.Link(), sched.ProxyParams()); err != nil {
 			return nil, err
 		}
