@@ -100,9 +100,9 @@ check: all check-engine
 	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd examples tests)" || { gofmt -l nbdkit libnbd plugin cmd examples tests; exit 1; }
 	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin
 	$(GO) test -count=1 -timeout 12m ./tests
-	cd tests/history && HISTORY_SCHEDULES=12 $(GO) test -count=1 -parallel 2 -timeout 10m
+	cd tests/history && HISTORY_SCHEDULES=20 $(GO) test -count=1 -parallel 2 -timeout 10m
 
-# The history checker (tests/history): SCHEDULES schedules (default 12),
+# The history checker (tests/history): SCHEDULES schedules (default 20),
 # each drawn from a seed (FIRST_SEED on, default 1; SEED=N replays one),
 # of libnbd clients through nbdkit and PLUGIN (default: this tree's,
 # built first; "nbd" is nbdkit's C plugin) in front of an adversarial
@@ -111,9 +111,9 @@ check: all check-engine
 # against the contract a client may rely on (tests/history/checker.go).
 # Two schedules at a time; a violation fails the run, reported with its
 # seed, its ops and the server's log.  `make check` runs the unit tests
-# and 12 schedules (about 30 s); .ci/run runs a longer campaign
+# and 20 schedules (about 30 s); .ci/run runs a longer campaign
 # (SCHEDULES=150, a few minutes).
-SCHEDULES ?= 12
+SCHEDULES ?= 20
 ifeq ($(HISTORY_PLUGIN),)
 HISTORY_DEPS = $(PLUGIN)
 HISTORY_PLUGIN_PATH = $(CURDIR)/$(PLUGIN)

@@ -43,11 +43,16 @@ type active struct {
 	acted    bool  // an episode that acts once has: it lets requests by
 	passed   int   // writes let by: waiting for a hot one, or a newer one
 	armed    int64 // a stop-replace resumes on a newer write read after this
+	picky    int   // newer writes not vouched at once it lets by
 }
 
 // hotPatience is how many writes a hang or a stop lets by waiting for a
 // write to a hot block, before it takes any.
 const hotPatience = 30
+
+// crashDirty is how many of its connection's blocks a crash-on-flush
+// wants in the cache (it takes fewer after hotPatience flushes).
+const crashDirty = 3
 
 // maxHung is the most writes one hang-write episode holds.
 const maxHung = 3
@@ -167,7 +172,13 @@ func (a *active) onRequest(ch *chaos, c *conn, r *request) bool {
 		return true
 
 	case CrashOnFlush:
-		if r.typ != nbdCmdFlush || len(in.cache) == 0 {
+		// At a flush whose own connection's acknowledged writes are in
+		// the cache: its client will rely on them once a flush succeeds.
+		if r.typ != nbdCmdFlush || in.dirtyBy[c] == 0 {
+			return false
+		}
+		if in.dirtyBy[c] < crashDirty && a.passed < hotPatience {
+			a.passed++
 			return false
 		}
 		a.acted = true
@@ -192,7 +203,12 @@ func (a *active) onRequest(ch *chaos, c *conn, r *request) bool {
 		return true
 
 	case StopReplace:
-		if !a.wantsWrite(s, r) {
+		// A replaced instance's cache never reaches the storage: with one,
+		// only a FUA write it held can land.
+		if !a.wantsWrite(s, r) || sc.WriteBack && r.flags&nbdCmdFlagFUA == 0 && a.passed < 2*hotPatience {
+			if r.writeLike() && a.passed >= hotPatience {
+				a.passed++
+			}
 			return false
 		}
 		a.acted = true
@@ -203,7 +219,7 @@ func (a *active) onRequest(ch *chaos, c *conn, r *request) bool {
 		// A newer write is one the proxy sent once it may have given up
 		// on the stopped instance's: after timeout and reconnect-delay.
 		a.armed = mono() + int64(sc.Timeout+sc.ReconnectDelay)
-		a.passed = ch.rng.Intn(latePass)
+		a.passed, a.picky = ch.rng.Intn(latePass), pickyPass
 		ch.after(a, 2*sc.Timeout+sc.ReconnectDelay+stopSlack, func() {
 			ch.resumeReplaced("its time is up")
 		})
@@ -345,6 +361,10 @@ func (ch *chaos) acknowledged(r *request) {
 		overlaps(a.target, r) && !sameData(a.target, r) && r.recv > a.armed {
 		if a.passed > 0 {
 			a.passed--
+			return
+		}
+		if !ch.s.vouchedAtOnce(r) && a.picky > 0 {
+			a.picky--
 			return
 		}
 		ch.resumeReplaced(fmt.Sprintf("instance %d acknowledged a newer %s to %s", r.c.inst.id, r.op(), blocksString(r.first, r.n)))

@@ -40,6 +40,10 @@ CLIENT_STRIDE = 10  # client ids of process k: k+1, k+11, k+21, ...
 FINAL_READ_BLOCKS = 4
 FINAL_DEPTH = 8
 RECONNECT_PAUSE = 0.02  # between failed connection attempts
+READBACK_WRITE = 0.4  # how often a write is read back at once
+READBACK_FLUSH = 0.6  # how often a flush is followed by reading back
+READBACK_AFTER_FLUSH = 4  # ranges read back after a flush, at most
+READBACK_KEEP = 16  # writes remembered for reading back after a flush
 
 rng = random.Random(cfg["seed"])
 blocks, depth, hot = cfg["blocks"], cfg["depth"], cfg["hot"]
@@ -103,6 +107,9 @@ class Client:
         self.fails = 0  # consecutive failed ops
         self.leave = False  # reconnect once what is in flight has ended
         self.retry = None  # a range to write again after a failed write
+        self.readback = []  # ranges to read back: real clients verify
+        self.written = []  # ranges written since the last flush was issued
+        self.flushing = {}  # flush id -> ranges written before it was issued
         self.final = False
         self.results = {}  # final phase: op id -> (kind, err)
 
@@ -150,6 +157,8 @@ class Client:
             return 1
 
         h = self.h
+        if kind == "flush":
+            self.flushing[opid], self.written = self.written, []
         rec = {"k": "i", "id": opid, "c": self.cid, "op": kind, "b": first, "n": n,
                "fua": int(fua), "final": int(self.final)}
         rec["t"] = now()
@@ -185,11 +194,19 @@ class Client:
             if any(bad):
                 rec["bad"] = bad
         emit(rec)
+        before = self.flushing.pop(opid, [])
         if self.final:
             self.results[opid] = (kind, err)
             return
         if err == 0:
             self.fails = 0
+            # Read back what was written, at once or after a flush.
+            if kind in ("write", "zero"):
+                self.written = (self.written + [(first, n)])[-READBACK_KEEP:]
+                if rng.random() < READBACK_WRITE:
+                    self.readback.append((first, n))
+            elif kind == "flush" and before and rng.random() < READBACK_FLUSH:
+                self.readback += rng.sample(before, min(READBACK_AFTER_FLUSH, len(before)))
             return
         self.fails += 1
         # A real client writes again what failed to write, often.
@@ -204,6 +221,9 @@ class Client:
             first, n = self.retry
             self.retry = None
             return "write", first, n, self.can["fua"] and rng.random() < 0.25
+        if self.readback:
+            first, n = self.readback.pop(0)
+            return "read", first, n, False
         r = rng.random()
         if r < 0.35:
             kind = "read"

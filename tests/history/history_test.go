@@ -21,7 +21,7 @@ import (
 //	HISTORY_FIRST_SEED the first seed (default 1); seeds follow on
 //	HISTORY_SEED       run this one seed only (a replay)
 //	HISTORY_DUMP       set: write every history to a file, not only failing ones
-const defaultSchedules = 12
+const defaultSchedules = 20
 
 // maxReports bounds the violations reported in full per schedule.
 const maxReports = 4

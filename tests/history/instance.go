@@ -15,6 +15,7 @@ type instance struct {
 	sock     string
 	ln       *net.UnixListener
 	cache    map[int][]byte // write-back: blocks acknowledged, not yet on the storage
+	dirtyBy  map[*conn]int  // blocks each connection put in the cache
 	conns    map[*conn]bool
 	state    instState
 	replaced bool // the link leads to another instance: it never serves again
@@ -92,7 +93,7 @@ func (in *instance) die(why string) {
 		c.closeNow("the instance died")
 	}
 	lost := len(in.cache)
-	in.cache = map[int][]byte{}
+	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
 	for _, lw := range s.late {
 		if lw.inst == in && !lw.done {
 			lw.done = true
@@ -176,7 +177,7 @@ func (in *instance) replace() {
 	s := in.s
 	in.replaced = true
 	s.logKey(in, nil, "replaced; drops its cache of %d blocks", len(in.cache))
-	in.cache = map[int][]byte{}
+	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
 	s.ensureCurrent()
 }
 

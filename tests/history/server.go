@@ -54,7 +54,13 @@ type lateWrite struct {
 	closed int64 // when its connection closed (CLOCK_MONOTONIC)
 	resent int64 // when a copy of it sent again was acknowledged; 0: none
 	pass   int   // newer writes to let by before it lands on one
+	picky  int   // newer writes not vouched at once to let by, hoping for one
 }
+
+// pickyPass is how many newer writes not vouched for at their reply a
+// late write lets by, waiting for one that is: a read right after that
+// one shows the stale write on top of a promise.
+const pickyPass = 4
 
 // latePass bounds how many newer writes a late write lets by before it
 // lands on one: the later the newer write, the likelier its client
@@ -104,7 +110,7 @@ func (s *Server) ChaosDone() <-chan struct{} { return s.chaos.done }
 // at it.
 func (s *Server) startInstance() (*instance, error) {
 	s.nextInst++
-	in := &instance{s: s, id: s.nextInst, conns: map[*conn]bool{}, cache: map[int][]byte{}}
+	in := &instance{s: s, id: s.nextInst, conns: map[*conn]bool{}, cache: map[int][]byte{}, dirtyBy: map[*conn]int{}}
 	in.sock = filepath.Join(s.dir, fmt.Sprintf("i%d.sock", in.id))
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: in.sock, Net: "unix"})
 	if err != nil {
@@ -177,6 +183,9 @@ func (s *Server) apply(in *instance, r *request, why string) {
 		}
 		if s.sched.WriteBack && !in.replaced {
 			in.cache[b] = append([]byte(nil), d...)
+			if !stable {
+				in.dirtyBy[r.c]++
+			}
 		}
 		if stable {
 			copy(s.storage[b*blockSize:], d)
@@ -201,7 +210,7 @@ func (s *Server) writeBack(in *instance, why string) {
 		copy(s.storage[b*blockSize:], d)
 	}
 	s.logf(in, nil, "%d cached blocks written back (%s)", len(in.cache), why)
-	in.cache = map[int][]byte{}
+	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
 }
 
 // ---- Late writes (qemu-nbd's: applied after their connection closed)
@@ -209,7 +218,7 @@ func (s *Server) writeBack(in *instance, why string) {
 // addLate keeps r, a write of a connection in has just closed, to land
 // later: before lateFraction of the timeout has passed.
 func (s *Server) addLate(in *instance, r *request) {
-	lw := &lateWrite{r: r, inst: in, closed: mono(), pass: s.rng.Intn(latePass)}
+	lw := &lateWrite{r: r, inst: in, closed: mono(), pass: s.rng.Intn(latePass), picky: pickyPass}
 	s.late = append(s.late, lw)
 	d := s.sched.Timeout / lateFraction
 	lw.timer = time.AfterFunc(d, func() {
@@ -257,11 +266,19 @@ func (s *Server) acknowledged(r *request) {
 			lw.resent == 0 && s.sched.ReconnectDelay > 0: // wait for the copy sent again
 		case lw.pass > 0:
 			lw.pass--
+		case !s.vouchedAtOnce(r) && lw.picky > 0:
+			lw.picky--
 		default:
 			s.landLate(lw, fmt.Sprintf("after a newer %s was acknowledged by instance %d", r.op(), r.c.inst.id))
 		}
 	}
 	s.chaos.acknowledged(r)
+}
+
+// vouchedAtOnce says whether a client may rely on a write from its
+// reply on: with FUA, or when the server has no flush.
+func (s *Server) vouchedAtOnce(r *request) bool {
+	return r.typ != nbdCmdTrim && (r.flags&nbdCmdFlagFUA != 0 || !s.sched.Flush)
 }
 
 // hotFraction: a block is hot when it has been written at least this
