@@ -323,6 +323,13 @@ def main():
         if not stdin.final and not cl.run():
             cl.close()
             continue
+        # The final phase wants a working connection: one whose last ops
+        # failed is left for a new one (without reconnect-delay a failed
+        # connection stays failed).
+        if cl.fails and final_attempts > 1:
+            final_attempts -= 1
+            cl.close()
+            continue
         if not cl.dead() and cl.run_final():
             cl.close()
             break
