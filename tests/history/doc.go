@@ -45,10 +45,13 @@
 //
 // What a proxy must then do is shown by the tests' model proxy
 // (modelproxy_test.go), which passes every schedule: hold every client's
-// writes while a connection it ended may still land some; fail every
-// flush of a client in flight when that client's acknowledged writes
-// were on a connection that died, and its next one; end every request
-// within 2 * timeout + reconnect-delay.
+// writes while a connection it ended may still land some; once a
+// client's acknowledged writes were on a connection that died before a
+// flush covered them, fail every flush of that client connection, those
+// in flight too (rule 2 excuses a lost write only by a failed flush
+// issued after the client saw the write's reply, and a proxy cannot
+// tell which flush that is); end every request within 2 * timeout +
+// reconnect-delay.
 //
 // The chaos is sequenced on what the server sees (requests, their kind,
 // blocks and flags, connections, ends of file); timers only bound how

@@ -31,7 +31,7 @@ import (
 //     own leaves nothing behind: its requests are sent again at once.
 //   - Durability: when a connection dies, every client with writes
 //     acknowledged on it and not covered by a flush on it is told so:
-//     its flushes in flight fail, and its next one.
+//     its flushes fail from then on, those in flight too.
 //   - Reads and flushes are sent again at once; ESHUTDOWN means not
 //     carried out: the connection is ended and the request sent again.
 //   - Without reconnect-delay a failed connection stays failed.
@@ -85,12 +85,13 @@ type mclient struct {
 	slot    *mslot
 	acks    map[*mlink]int64 // writes and zeroes acknowledged, without FUA
 	flushed map[*mlink]int64 // of those, covered by a successful flush
-	// Flushes are numbered as the client sent them; those up to
-	// failThrough fail: writes it saw acknowledged may be lost.  Every
-	// flush in flight when that became known fails, and the next one:
-	// the first flush issued after a lost write must fail, whichever
-	// of those in flight is served first.
-	flushes, failThrough int64
+	// lost: writes it saw acknowledged may be lost, so every flush from
+	// now on fails, those in flight too.  Not just the next one: the
+	// contract excuses a lost write only if a flush the client issued
+	// after it saw the write's reply failed, and a proxy cannot tell
+	// which flush that is (a flush sent just before the client read the
+	// reply arrives after it was sent).  The client must reconnect.
+	lost bool
 }
 
 type mreq struct {
@@ -98,7 +99,6 @@ type mreq struct {
 	off        uint64
 	length     uint32
 	data       []byte
-	flush      int64 // a flush's number
 }
 
 func (r *mreq) writeLike() bool {
@@ -207,12 +207,6 @@ func (p *mproxy) serve(nc net.Conn) {
 				break
 			}
 		}
-		if r.typ == nbdCmdFlush {
-			p.mu.Lock()
-			c.flushes++
-			r.flush = c.flushes
-			p.mu.Unlock()
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -255,8 +249,8 @@ func (c *mclient) do(r *mreq) (uint32, []byte) {
 		switch {
 		case p.closed, !deadline.IsZero() && time.Now().After(deadline):
 			return nbdEIO, nil
-		case r.typ == nbdCmdFlush && r.flush <= c.failThrough:
-			p.tracef("client %p: flush %d fails", c, r.flush)
+		case r.typ == nbdCmdFlush && c.lost:
+			p.tracef("client %p: flush fails", c)
 			return nbdEIO, nil
 		case r.writeLike() && p.barrier():
 			p.waitUntil(deadline, p.settleAt)
@@ -550,8 +544,8 @@ func (p *mproxy) died(up *mlink) {
 	}
 	for c := range p.clients {
 		if c.acks[up] > c.flushed[up] {
-			p.tracef("client %p: flushes to %d fail (%d acks, %d flushed)", c, c.flushes+1, c.acks[up], c.flushed[up])
-			c.failThrough = c.flushes + 1
+			p.tracef("client %p: writes lost, its flushes fail (%d acks, %d flushed)", c, c.acks[up], c.flushed[up])
+			c.lost = true
 		}
 	}
 	slots := []*mslot{p.shared}

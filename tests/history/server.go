@@ -68,8 +68,14 @@ const pickyPass = 4
 const latePass = 3
 
 // lateFraction of the proxy's timeout is the longest a closed
-// connection's write may wait to land (doc.go: the assumption).
-const lateFraction = 2
+// connection's write may wait to land (doc.go: the assumption).  The
+// server's own deadline is lateDeadlineFraction of it: a timer fires
+// late on a loaded machine, never early, and the write must land
+// inside the bound a proxy relies on.
+const (
+	lateFraction         = 2
+	lateDeadlineFraction = 4
+)
 
 // NewServer makes the server of a schedule in dir (which must be short:
 // Unix socket paths are limited) and starts its first instance.
@@ -220,7 +226,7 @@ func (s *Server) writeBack(in *instance, why string) {
 func (s *Server) addLate(in *instance, r *request) {
 	lw := &lateWrite{r: r, inst: in, closed: mono(), pass: s.rng.Intn(latePass), picky: pickyPass}
 	s.late = append(s.late, lw)
-	d := s.sched.Timeout / lateFraction
+	d := s.sched.Timeout / lateDeadlineFraction
 	lw.timer = time.AfterFunc(d, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
