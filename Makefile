@@ -6,6 +6,12 @@
 -include config.mk
 
 PLUGIN     = nbdkit-nbd-go-plugin.so
+# PLUGIN= on make's command line names the plugin check-history tests,
+# never what make builds (a rule would otherwise rebuild that file).
+ifeq ($(origin PLUGIN),command line)
+HISTORY_PLUGIN := $(PLUGIN)
+override PLUGIN = nbdkit-nbd-go-plugin.so
+endif
 # The kit's example plugin (examples/ramdisk), built by the same rule.
 RAMDISK    = examples/ramdisk/nbdkit-ramdisk-plugin.so
 # The one place the version is written; configure.ac, the man page,
@@ -91,12 +97,39 @@ go-plugin:
 		{ echo "usage: make go-plugin SRC=DIR OUT=FILE" >&2; exit 2; }
 	@$(GO_PLUGIN_SH) '$(SRC)' '$(OUT)'
 
+# The whole suite; its last line is a short campaign of the history
+# checker (check-history below; .ci/run runs a longer one).
 check: all check-engine
 	$(GO) vet ./...
 	$(GO) vet -tags packaging ./tests
 	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd examples tests)" || { gofmt -l nbdkit libnbd plugin cmd examples tests; exit 1; }
 	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin
 	$(GO) test -count=1 -timeout 12m ./tests
+	cd tests/history && HISTORY_SCHEDULES=20 $(GO) test -count=1 -parallel 2 -timeout 10m
+
+# The history checker (tests/history): SCHEDULES schedules (default 20),
+# each drawn from a seed (FIRST_SEED on, default 1; SEED=N replays one),
+# of libnbd clients through nbdkit and PLUGIN (default: this tree's,
+# built first; "nbd" is nbdkit's C plugin) in front of an adversarial
+# NBD server that crashes, restarts, stops, is replaced and lands stale
+# writes late; every history, and the storage at the end, is held
+# against the contract a client may rely on (tests/history/checker.go).
+# Two schedules at a time; a violation fails the run, reported with its
+# seed, its ops and the server's log.  `make check` runs the unit tests
+# and 20 schedules (about 30 s); .ci/run runs a longer campaign
+# (SCHEDULES=150, a few minutes).
+SCHEDULES ?= 20
+ifeq ($(HISTORY_PLUGIN),)
+HISTORY_DEPS = $(PLUGIN)
+HISTORY_PLUGIN_PATH = $(CURDIR)/$(PLUGIN)
+else
+HISTORY_DEPS =
+HISTORY_PLUGIN_PATH = $(if $(filter nbd none,$(HISTORY_PLUGIN)),$(HISTORY_PLUGIN),$(abspath $(HISTORY_PLUGIN)))
+endif
+check-history: $(HISTORY_DEPS)
+	cd tests/history && HISTORY_PLUGIN='$(HISTORY_PLUGIN_PATH)' HISTORY_SCHEDULES='$(SCHEDULES)' \
+		HISTORY_SEED='$(SEED)' HISTORY_FIRST_SEED='$(FIRST_SEED)' \
+		$(GO) test -count=1 -parallel 2 -timeout 60m -run 'TestHistory$$'
 
 # What the Debian package build runs (debian/rules, unless
 # DEB_BUILD_OPTIONS=nocheck): the unit tests and one smoke test of the
@@ -200,4 +233,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all go-plugin check check-engine check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
+.PHONY: all go-plugin check check-engine check-history check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck

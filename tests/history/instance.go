@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
+package history
+
+import (
+	"net"
+	"time"
+)
+
+// An instance is one server process on the storage: its own socket,
+// connections and (write-back) cache.
+type instance struct {
+	s        *Server
+	id       int
+	sock     string
+	ln       *net.UnixListener
+	cache    map[int][]byte // write-back: blocks acknowledged, not yet on the storage
+	dirtyBy  map[*conn]int  // blocks each connection put in the cache
+	conns    map[*conn]bool
+	state    instState
+	replaced bool // the link leads to another instance: it never serves again
+	requests int  // requests it has read
+
+	// A graceful shutdown answers shutdownLeft more requests with
+	// ESHUTDOWN, or waits shutdownLinger, then closes and calls onClosed.
+	shutdownLeft  int
+	shutdownTimer *time.Timer
+	onClosed      func()
+}
+
+type instState int
+
+const (
+	running instState = iota
+	stopped
+	shuttingDown
+	dead
+)
+
+// shutdownLinger bounds how long a shutting-down instance waits for
+// requests to answer with ESHUTDOWN when none come.
+const shutdownLinger = 50 * time.Millisecond
+
+// accept takes the instance's connections until its socket closes.
+func (in *instance) accept() {
+	s := in.s
+	for {
+		nc, err := in.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if in.state == dead || in.state == shuttingDown || s.closed {
+			nc.Close()
+			s.mu.Unlock()
+			continue
+		}
+		s.nextConn++
+		c := &conn{inst: in, id: s.nextConn, nc: nc}
+		in.conns[c] = true
+		s.logf(in, c, "connection accepted")
+		s.chaos.accepted(in)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// stop stops the instance, as SIGSTOP does: it reads nothing, answers
+// nothing and applies nothing until it resumes.
+func (in *instance) stop(why string) {
+	in.state = stopped
+	in.s.logKey(in, nil, "stopped (%s)", why)
+}
+
+// resume lets a stopped instance go on.
+func (in *instance) resume(why string) {
+	if in.state != stopped {
+		return
+	}
+	in.state = running
+	in.s.logKey(in, nil, "resumes (%s)", why)
+	in.s.cond.Broadcast()
+}
+
+// die ends the instance at once, as a crash (kill -9) does: its
+// connections close abruptly, and its cache, its held requests and its
+// late writes are lost.
+func (in *instance) die(why string) {
+	s := in.s
+	in.state = dead
+	in.ln.Close()
+	for c := range in.conns {
+		c.closeNow("the instance died")
+	}
+	lost := len(in.cache)
+	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
+	for _, lw := range s.late {
+		if lw.inst == in && !lw.done {
+			lw.done = true
+			lw.timer.Stop()
+			s.logBlocks(in, lw.r.c, lw.r.first, lw.r.n, lw.r.ids, "%s %s lost with the instance", lw.r.op(), blocksString(lw.r.first, lw.r.n))
+		}
+	}
+	if in.shutdownTimer != nil {
+		in.shutdownTimer.Stop()
+	}
+	s.logKey(in, nil, "dies (%s); %d cached blocks lost", why, lost)
+	s.cond.Broadcast()
+}
+
+// beginShutdown starts a shutdown as nbdkit's on SIGTERM: no new
+// connections; requests in progress complete; its late writes land;
+// the next left requests are answered ESHUTDOWN and not carried out;
+// then finishShutdown.
+func (in *instance) beginShutdown(left int) {
+	s := in.s
+	in.state = shuttingDown
+	in.ln.Close()
+	s.logKey(in, nil, "graceful shutdown begins (%d more requests get ESHUTDOWN)", left)
+	for c := range in.conns {
+		for _, r := range append([]*request(nil), c.held...) {
+			s.finish(r, 0, "in progress at the shutdown")
+		}
+	}
+	for _, lw := range s.late {
+		if lw.inst == in {
+			s.landLate(lw, "the instance shuts down")
+		}
+	}
+	in.shutdownLeft = left
+	if left == 0 {
+		in.finishShutdown()
+		return
+	}
+	in.shutdownTimer = time.AfterFunc(shutdownLinger, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		in.finishShutdown()
+	})
+}
+
+// answeredShutdown counts a request answered ESHUTDOWN.
+func (in *instance) answeredShutdown() {
+	in.shutdownLeft--
+	if in.shutdownLeft <= 0 {
+		in.finishShutdown()
+	}
+}
+
+// finishShutdown writes the cache back and closes every connection once
+// its replies are sent.
+func (in *instance) finishShutdown() {
+	if in.state != shuttingDown {
+		return
+	}
+	s := in.s
+	if in.shutdownTimer != nil {
+		in.shutdownTimer.Stop()
+	}
+	s.writeBack(in, "graceful shutdown")
+	for c := range in.conns {
+		c.closeAfterReplies()
+	}
+	in.state = dead
+	s.logKey(in, nil, "graceful shutdown done: closed")
+	s.cond.Broadcast()
+	if f := in.onClosed; f != nil {
+		in.onClosed = nil
+		f()
+	}
+}
+
+// replace starts a new instance on the storage and points the link at
+// it, while this one lives on (stopped).  It drops its cache: a replaced
+// instance never writes it back (doc.go).
+func (in *instance) replace() {
+	s := in.s
+	in.replaced = true
+	s.logKey(in, nil, "replaced; drops its cache of %d blocks", len(in.cache))
+	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
+	s.ensureCurrent()
+}
+
+// resumeReplaced resumes a replaced instance for its last act: the
+// writes it held land, and it closes its connections, after applying
+// them or (qemu-nbd) before: then they land later.  In the final phase
+// they land at once.
+func (in *instance) resumeReplaced(why string) {
+	s := in.s
+	if in.state == dead {
+		return
+	}
+	in.state = running
+	closeFirst := !s.calm && s.sched.Timeout > 0 && s.rng.Intn(2) == 0
+	if closeFirst {
+		s.logKey(in, nil, "resumes (%s), closes its connections, then applies the writes it held", why)
+	} else {
+		s.logKey(in, nil, "resumes (%s), applies the writes it held, then closes its connections", why)
+	}
+	for c := range in.conns {
+		for _, r := range c.held {
+			if r.writeLike() && !r.applied {
+				if closeFirst {
+					s.addLate(in, r)
+				} else {
+					s.apply(in, r, "held by a replaced instance")
+				}
+			}
+		}
+		c.closeNow("the replaced instance closes")
+	}
+	in.state = dead
+	in.ln.Close()
+	s.cond.Broadcast()
+}

@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: BSD-3-Clause
+
+package history
+
+import (
+	"fmt"
+	"math/rand"
+	"strings"
+	"time"
+)
+
+// A Schedule is everything one run is made of, drawn from its seed: the
+// proxy's parameters, the clients, what the server advertises and how
+// it caches, and the server's episodes, in order.  A replay of a seed
+// draws the same schedule; the interleaving of the clients' requests,
+// and so the server's per-request draws, vary with the machine's
+// timing.
+type Schedule struct {
+	Seed           int64
+	Blocks         int           // disk size in blocks of blockSize
+	Shared         bool          // proxy's shared=true
+	ReconnectDelay time.Duration // proxy's reconnect-delay=, 0: off
+	Timeout        time.Duration // proxy's timeout=, 0: off
+	Depths         []int         // requests in flight, per client
+	Flush          bool          // the server advertises flush
+	WriteBack      bool          // the server has a volatile cache
+	Episodes       []Episode
+	EndAfter       int // requests after the last episode before the final phase
+}
+
+// An Episode is one adversarial act of the server, which starts once
+// the server has seen After requests since the previous one ended.
+type Episode struct {
+	Kind  EpisodeKind
+	After int
+}
+
+// EpisodeKind names what the server does in an episode (chaos.go).
+type EpisodeKind string
+
+const (
+	// Crash: the instance dies at a request (sockets closed, cache and
+	// pending writes lost) and a new one starts on the storage.
+	Crash EpisodeKind = "crash"
+	// CrashOnFlush: a crash when a flush arrives while the cache holds
+	// acknowledged writes (write-back only).
+	CrashOnFlush EpisodeKind = "crash-on-flush"
+	// GracefulRestart: as nbdkit on SIGTERM (requests read from then on
+	// get ESHUTDOWN, those in progress complete, late writes are
+	// applied, the cache is written back, then it closes), and a new
+	// instance starts.
+	GracefulRestart EpisodeKind = "graceful-restart"
+	// StopReplace: the instance stops (as SIGSTOP) with a write read but
+	// not applied, and a new one on the same storage replaces it; the
+	// old one resumes once the new one has acknowledged a newer write
+	// to those blocks (or after a while), applies what it had, and
+	// closes, before or after applying.  Needs timeout=.
+	StopReplace EpisodeKind = "stop-replace"
+	// StopResume: the instance stops, and resumes when a new connection
+	// reaches it (or after a while; briefly without timeout=).
+	StopResume EpisodeKind = "stop-resume"
+	// HangWrite: a write is neither applied nor answered until the proxy
+	// ends its connection; then the server closes at once and applies it
+	// later (qemu-nbd), or finishes it and closes, or answers ESHUTDOWN
+	// and closes.  Needs timeout=.
+	HangWrite EpisodeKind = "hang-write"
+	// DropConn: the server closes a connection at a request, after
+	// applying the writes it held, or dropping them.
+	DropConn EpisodeKind = "drop-conn"
+	// LateReplies: for a while, some requests are answered late (applied
+	// now or at the reply), out of order.
+	LateReplies EpisodeKind = "late-replies"
+	// ErrorReplies: for a while, some requests fail with EIO and are not
+	// carried out.
+	ErrorReplies EpisodeKind = "error-replies"
+)
+
+// allEpisodeKinds is every kind, in the order the summary lists them.
+var allEpisodeKinds = []EpisodeKind{Crash, CrashOnFlush, GracefulRestart, StopReplace, StopResume,
+	HangWrite, DropConn, LateReplies, ErrorReplies}
+
+// maxEpisodes is the most episodes a schedule has.
+const maxEpisodes = 4
+
+// ProxyFeatures says which of the plugin's parameters the proxy under
+// test has: nbdkit's C nbd plugin has neither.
+type ProxyFeatures struct {
+	ReconnectDelay, Timeout bool
+}
+
+// NewSchedule draws the schedule of a seed.
+func NewSchedule(seed int64, f ProxyFeatures) *Schedule {
+	rng := rand.New(rand.NewSource(seed))
+	s := &Schedule{Seed: seed}
+	s.Blocks = []int{64, 128, 256}[rng.Intn(3)]
+	s.Shared = rng.Intn(10) < 3
+	if f.ReconnectDelay && rng.Intn(10) >= 3 {
+		s.ReconnectDelay = []time.Duration{time.Second, time.Second, 1500 * time.Millisecond,
+			2 * time.Second, 3 * time.Second, 5 * time.Second}[rng.Intn(6)]
+	}
+	if f.Timeout && rng.Intn(10) >= 3 {
+		s.Timeout = time.Duration(3+rng.Intn(13)) * 100 * time.Millisecond // 0.3 to 1.5 s
+	}
+	clients := 1 + rng.Intn(4)
+	for i := 0; i < clients; i++ {
+		s.Depths = append(s.Depths, 1+rng.Intn(4))
+	}
+	s.Flush = rng.Intn(10) < 8
+	// Without flush a server must make every write stable before it
+	// answers: a cache needs flush.
+	s.WriteBack = s.Flush && rng.Intn(2) == 0
+	kinds := s.possibleEpisodes()
+	n := 1 + rng.Intn(maxEpisodes)
+	for i := 0; i < n; i++ {
+		s.Episodes = append(s.Episodes, Episode{Kind: kinds[rng.Intn(len(kinds))], After: 100 + rng.Intn(600)})
+	}
+	s.EndAfter = 300 + rng.Intn(700)
+	return s
+}
+
+// possibleEpisodes lists the kinds this schedule's parameters allow,
+// some more than once to weigh them.
+func (s *Schedule) possibleEpisodes() []EpisodeKind {
+	// One shared server connection without reconnect-delay stays failed
+	// for good once it fails: only requests fail there.
+	if s.Shared && s.ReconnectDelay == 0 {
+		return []EpisodeKind{LateReplies, ErrorReplies}
+	}
+	kinds := []EpisodeKind{Crash, GracefulRestart, StopResume, DropConn, LateReplies, ErrorReplies}
+	if s.WriteBack {
+		kinds = append(kinds, CrashOnFlush, CrashOnFlush)
+	}
+	if s.Timeout > 0 {
+		kinds = append(kinds, StopReplace, StopReplace, HangWrite, HangWrite)
+	}
+	return kinds
+}
+
+// ProxyParams are the plugin's parameters, after socket=.
+func (s *Schedule) ProxyParams() []string {
+	var p []string
+	if s.Shared {
+		p = append(p, "shared=true")
+	}
+	if s.ReconnectDelay > 0 {
+		p = append(p, "reconnect-delay="+seconds(s.ReconnectDelay))
+	}
+	if s.Timeout > 0 {
+		p = append(p, "timeout="+seconds(s.Timeout))
+	}
+	return p
+}
+
+// seconds writes d as the plugin reads it: seconds, maybe fractional.
+func seconds(d time.Duration) string { return fmt.Sprintf("%g", d.Seconds()) }
+
+// opBound is the longest an op may take with timeout= set (the
+// contract's rule 3), without the slack for a loaded machine.
+func (s *Schedule) opBound() time.Duration { return 2*s.Timeout + s.ReconnectDelay }
+
+// String describes the schedule for a report.
+func (s *Schedule) String() string {
+	cache := "write-through"
+	if s.WriteBack {
+		cache = "write-back"
+	}
+	params := strings.Join(s.ProxyParams(), " ")
+	if params == "" {
+		params = "(defaults)"
+	}
+	var eps []string
+	for _, e := range s.Episodes {
+		eps = append(eps, fmt.Sprintf("%s after %d requests", e.Kind, e.After))
+	}
+	return fmt.Sprintf("seed=%d proxy: %s; server: %d blocks, flush=%v, %s; clients: depths %v;\n"+
+		"  episodes: %s; final phase %d requests after the last",
+		s.Seed, params, s.Blocks, s.Flush, cache, s.Depths, strings.Join(eps, ", "), s.EndAfter)
+}
