@@ -324,12 +324,13 @@ serve (struct path *p, struct engine_request *req, uint64_t *gen,
    * refuses new ones, so that is now.
    */
   int64_t deadline = -1;
-  uint64_t id = is_write (req->op) ? doubt_new_id () : 0;
+  /* A write's identity for the fence: unique while it runs. */
+  uint64_t id = is_write (req->op) ? (uintptr_t) req : 0;
   char *text = NULL;
   int r = 0;
 
   for (;;) {
-    if (id) {
+    if (id && doubts_exist ()) {
       r = doubt_wait (id, req->offset, req->count,
                       deadline >= 0 ? deadline :
                       engine_now_ms () + p->reconnect_ms, &text);

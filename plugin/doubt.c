@@ -37,7 +37,6 @@ static struct doubt *doubts;
 static _Atomic int nr_doubts;
 /* A doubt could not be recorded: refuse every write from then on. */
 static _Atomic int fence_all;
-static _Atomic uint64_t last_id;
 
 static void
 init_ended (void)
@@ -102,12 +101,6 @@ fate_put (struct fate *f)
   pthread_mutex_lock (&lock);
   unref (f);
   pthread_mutex_unlock (&lock);
-}
-
-uint64_t
-doubt_new_id (void)
-{
-  return atomic_fetch_add (&last_id, 1) + 1;
 }
 
 int
@@ -192,6 +185,12 @@ overlapping (uint64_t id, uint64_t offset, uint64_t end)
     if ((id == 0 || d->id != id) && d->offset < end && offset < d->end)
       return d;
   return NULL;
+}
+
+int
+doubts_exist (void)
+{
+  return atomic_load (&nr_doubts) > 0 || atomic_load (&fence_all);
 }
 
 int

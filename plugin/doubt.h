@@ -56,15 +56,18 @@ void fate_end (struct fate *f);
 /* Drop the creator's reference. */
 void fate_put (struct fate *f);
 
-/* A new write's identity (never 0). */
-uint64_t doubt_new_id (void);
-/* Record that write id, sent under f, is in doubt.  -1 if it could not
+/* Record that write id (any number other than 0 that no other running
+ * write has), sent under f, is in doubt.  -1 if it could not
  * be recorded (ENOMEM): every write is then refused, rather than risk
  * one.
  */
 int doubt_add (struct fate *f, uint64_t id, uint64_t offset, uint64_t count);
 /* Write id's request is over: its doubts no longer let anything through. */
 void doubt_forget (uint64_t id);
+/* Whether any write is in doubt, or writes are refused: cheap, for the
+ * path of every write.
+ */
+int doubts_exist (void);
 /* Wait until no doubt other than id's overlaps [offset, offset+count),
  * or until deadline_ms (engine_now_ms clock).  0 if none does, else EIO
  * with *msg (malloc'd) saying why.
