@@ -19,7 +19,8 @@ type chaos struct {
 	act     *active
 	records []episodeRecord
 	done    chan struct{}
-	over    bool // done is closed
+	over    bool        // done is closed
+	recheck *time.Timer // checkDone again once late writes have had their time
 }
 
 // An episodeRecord says what became of an episode, for the report and
@@ -44,6 +45,7 @@ type active struct {
 	passed   int   // writes let by: waiting for a hot one, or a newer one
 	armed    int64 // a stop-replace resumes on a newer write read after this
 	picky    int   // newer writes not vouched at once it lets by
+	anyReq   bool  // a drop-conn acts at any request, not waiting for a write
 }
 
 // hotPatience is how many writes a hang or a stop lets by waiting for a
@@ -87,8 +89,11 @@ func (ch *chaos) start(kind EpisodeKind) {
 	ch.records = append(ch.records, episodeRecord{Kind: kind, Started: mono()})
 	a := &active{kind: kind, rec: len(ch.records) - 1}
 	switch kind {
-	case Crash, GracefulRestart, StopResume, DropConn:
+	case Crash, GracefulRestart, StopResume:
 		a.left = 1 + ch.rng.Intn(10)
+	case DropConn:
+		a.left = 1 + ch.rng.Intn(10)
+		a.anyReq = ch.rng.Intn(4) == 0
 	case HangWrite:
 		a.left = 1 + ch.rng.Intn(maxHung)
 	case LateReplies:
@@ -118,14 +123,29 @@ func (ch *chaos) end(format string, args ...interface{}) {
 	ch.checkDone()
 }
 
-// checkDone closes done once every episode has ended and EndAfter more
-// requests have come.
+// checkDone closes done once every episode has ended, EndAfter more
+// requests have come, and every late write has had its time to meet a
+// newer write (Server.lateWait).
 func (ch *chaos) checkDone() {
 	sc := ch.s.sched
-	if !ch.over && ch.act == nil && ch.next >= len(sc.Episodes) && ch.since >= sc.EndAfter {
-		ch.over = true
-		close(ch.done)
+	if ch.over || ch.act != nil || ch.next < len(sc.Episodes) || ch.since < sc.EndAfter {
+		return
 	}
+	if until := ch.s.lateWait(); until > mono() {
+		if ch.recheck == nil {
+			ch.recheck = time.AfterFunc(time.Duration(until-mono()), func() {
+				ch.s.mu.Lock()
+				defer ch.s.mu.Unlock()
+				ch.recheck = nil
+				if !ch.s.closed {
+					ch.checkDone()
+				}
+			})
+		}
+		return
+	}
+	ch.over = true
+	close(ch.done)
 }
 
 // after runs f under the lock after d, unless the run or the episode is
@@ -258,19 +278,50 @@ func (a *active) onRequest(ch *chaos, c *conn, r *request) bool {
 		return true
 
 	case DropConn:
-		if a.left--; a.left > 0 {
+		// At a write to a hot block, mostly: what it read unanswered may
+		// then land long after on a newer write there.
+		if a.left--; a.left > 0 || !a.anyReq && !a.wantsWrite(s, r) {
 			return false
 		}
 		a.acted = true
-		applied := ch.rng.Intn(2) == 0
+		// What it read and has not answered: applied now, dropped, or
+		// (to a proxy that keeps such writes in doubt) applied at any
+		// later time.
+		fate := ch.rng.Intn(4)
+		if !sc.InDoubt {
+			fate = ch.rng.Intn(2)
+		}
+		unanswered := []*request{r}
 		for _, h := range c.held {
-			if applied && h.writeLike() {
-				s.apply(in, h, "before the server closes the connection")
+			if !h.done {
+				unanswered = append(unanswered, h)
 			}
 		}
-		s.logKey(in, c, "closes the connection at %s %s (lost), held writes applied: %v", r.op(), blocksString(r.first, r.n), applied)
+		var late []*request
+		writes := 0
+		for _, h := range unanswered {
+			if h.writeLike() && !h.applied {
+				writes++
+			}
+			switch {
+			case !h.writeLike() || h.applied:
+			case fate == 0:
+				s.apply(in, h, "before the server closes the connection")
+			case fate >= 2:
+				late = append(late, h)
+			}
+		}
+		what := []string{"applied first", "dropped", "land later", "land later"}[fate]
+		at := r.op()
+		if r.n > 0 {
+			at += " " + blocksString(r.first, r.n)
+		}
+		s.logKey(in, c, "closes the connection at %s; the %d writes it read unanswered: %s", at, writes, what)
 		c.closeNow("drop-conn")
-		ch.end("instance %d closed connection %d", in.id, c.id)
+		for _, h := range late {
+			s.addLate(in, h)
+		}
+		ch.end("instance %d closed connection %d, writes read unanswered: %s", in.id, c.id, what)
 		return true
 
 	case LateReplies:

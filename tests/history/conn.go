@@ -164,10 +164,8 @@ func serveHandshake(nc net.Conn, size int64, flags uint16, wait func() error) (n
 		if _, err := io.ReadFull(nc, data); err != nil {
 			return noZeroes, err
 		}
-		if wait != nil {
-			if err := wait(); err != nil {
-				return noZeroes, err
-			}
+		if err := wait(); err != nil {
+			return noZeroes, err
 		}
 		switch opt {
 		case nbdOptGo, nbdOptInfo:
@@ -489,8 +487,9 @@ func (s *Server) reply(r *request, errno uint32) {
 // endOfFile: the proxy has ended the connection (it shut down its
 // sending half, or closed it), or it failed.  What the server still
 // held, it finishes and then closes; or it answers ESHUTDOWN and closes;
-// or, with timeout= only (doc.go), it closes at once and lets the held
-// writes land later, as qemu-nbd does.
+// or it closes at once and applies the held writes at any later time,
+// as qemu-nbd does (not to a proxy without the in-doubt rule:
+// Schedule.InDoubt).
 func (s *Server) endOfFile(c *conn, err error) {
 	in := c.inst
 	if errors.Is(err, errProtocol) {
@@ -518,18 +517,18 @@ func (s *Server) endOfFile(c *conn, err error) {
 		closeFirst, finish = 7, 9
 	}
 	choice := s.rng.Intn(10)
-	if s.sched.Timeout == 0 {
-		choice += closeFirst // never close first without a bound
+	if !s.sched.InDoubt {
+		choice = closeFirst + s.rng.Intn(10-closeFirst)
 	}
 	switch {
 	case choice < closeFirst:
 		s.logKey(in, c, "closes at once; the held writes land later (qemu-nbd)")
+		c.closeNow("closed at the end of file")
 		for _, r := range pending {
 			if r.writeLike() && !r.applied {
 				s.addLate(in, r)
 			}
 		}
-		c.closeNow("closed at the end of file")
 	case choice < finish:
 		s.logKey(in, c, "finishes what it held, then closes")
 		for _, r := range pending {

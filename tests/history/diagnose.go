@@ -15,10 +15,11 @@ const (
 	// that was lost (a crash, or the instance was replaced) before it
 	// was written back, and a flush of its client then succeeded.
 	CauseLostCache Cause = "acknowledged write lost with a cache, then a flush succeeded"
-	// CauseStaleClosed: the value seen is a write of a connection the
-	// proxy had ended, which the server applied after closing it
-	// (qemu-nbd), on top of the newer write.
-	CauseStaleClosed Cause = "stale write of an ended connection landed after the close"
+	// CauseStaleClosed: the value seen is a write of a connection that
+	// closed (the proxy ended it, or the server closed it) before the
+	// server answered it, which the server applied after the close, on
+	// top of the newer write.
+	CauseStaleClosed Cause = "stale write of a closed connection landed after the close"
 	// CauseStaleReplaced: the value seen is a write a stopped, replaced
 	// instance held, applied when it resumed, on top of the newer write.
 	CauseStaleReplaced Cause = "stale write of a stopped, replaced instance landed on resuming"
@@ -39,7 +40,7 @@ func (res *Result) diagnose(v Violation) (Cause, string) {
 	for i := range res.Log {
 		e := &res.Log[i]
 		if e.T < w.Inv || !e.touches(b) || !strings.Contains(e.Msg, "applied to") ||
-			!strings.Contains(e.Msg, "late") && !strings.Contains(e.Msg, "replaced instance") {
+			!strings.Contains(e.Msg, "after its connection closed") && !strings.Contains(e.Msg, "replaced instance") {
 			continue
 		}
 		if x == nil || x.Kind == Write && !hasID(e.IDs, x.ID) || x.Kind != Write && len(e.IDs) > 0 {

@@ -15,54 +15,68 @@
 // later or never, replies now, later, never or with an error (EIO; and
 // ESHUTDOWN while an instance or a connection shuts down), and it
 // crashes, restarts, stops and resumes, is replaced while stopped, and
-// closes connections before or after applying what they carried
+// closes connections on its own or once the proxy has ended them
 // (chaos.go, drawn from the schedule's seed: schedule.go).  An error
-// reply means the request was not carried out.
+// reply means the request was not carried out.  NBD cannot cancel a
+// request: an instance that is alive may apply a write it read at any
+// later time, even long after the connection it came on has closed,
+// whether the proxy ended that connection or the server closed it on
+// its own (qemu-nbd closes first and applies a pending write later).
 //
-// Against such a server no proxy could keep the contract without these
-// assumptions, which the plugin must state (its man page) and rely on
-// no further:
+// The checker proves what the plugin's man page promises (section
+// CONNECTION FAILURES of nbdkit-nbd-go-plugin.pod), under the
+// assumptions about servers that the man page states there, and no
+// others:
 //
-//  1. A server instance that has been replaced while alive (the socket
-//     path now leads to another one) never writes its cache back: it
-//     drops it.  Otherwise a stale cache could land on newer data at any
-//     time.
-//  2. A server that closes a connection the proxy ended (shut down its
-//     sending half) may apply the writes it read on it until it closes
-//     it, and for up to half the proxy's timeout= after (qemu-nbd closes
-//     first and finishes its writes afterwards).  Without some bound no
-//     proxy could ever again acknowledge a write to those blocks.  This
-//     happens only with timeout=: without it a proxy ends a connection
-//     only once nothing is in flight on it.
-//  3. A server that closes a connection on its own (it crashes, shuts
-//     down, drops it) has applied, or dropped for good, everything it
-//     read on it by then.
-//  4. A failed flush loses nothing: the data stays in the cache for the
+//  1. A server that answers NBD_ESHUTDOWN did not carry out that
+//     request; a server shutting down services the requests in flight
+//     before it closes (it carries out, or fails, what it read); and one
+//     that has answered NBD_ESHUTDOWN does not carry out, after it has
+//     closed the connection, a request it did not answer.
+//  2. A server that has been replaced while alive (the socket path now
+//     leads to another one on the same disk) does not write back the
+//     acknowledged data it held in its own volatile cache: it drops it.
+//     The man page lists this under "What remains": the plugin cannot
+//     stop it (the flush that fails tells the client its data was at
+//     risk, but a stale cache written back could land on newer data at
+//     any time).
+//  3. A failed flush loses nothing: the data stays in the cache for the
 //     next flush.  (A server that dropped its cache on a failed flush
 //     would have to fail the next flush of every connection that wrote
-//     to it, which no proxy could see for the other connections.)
-//  5. A stopped server (SIGSTOP) does nothing until it resumes.
+//     to it, which no proxy could see for the other connections.)  The
+//     man page's promise that a client's flush fails once its
+//     acknowledged writes may be lost rests on it.
 //
-// What a proxy must then do is shown by the tests' model proxy
-// (modelproxy_test.go), which passes every schedule: hold every client's
-// writes while a connection it ended may still land some; once a
-// client's acknowledged writes were on a connection that died before a
-// flush covered them, fail every flush of that client connection, those
-// in flight too (rule 2 excuses a lost write only by a failed flush
-// issued after the client saw the write's reply, and a proxy cannot
-// tell which flush that is); end every request within 2 * timeout +
-// reconnect-delay.
+// Besides, a process does nothing once it has died: a crashed instance
+// (kill -9) loses its cache, what it held and its late writes; and a
+// stopped one (SIGSTOP) does nothing until it resumes.  Nothing else is
+// assumed: neither that a server which closed a connection, on its own
+// or at the proxy's end of it, has applied or dropped what it read on
+// it, nor any time by which it has.  The plugin's rule that copes with
+// this, writes in doubt, is the man page's (and plugin/doubt.h's).
 //
 // The chaos is sequenced on what the server sees (requests, their kind,
 // blocks and flags, connections, ends of file); timers only bound how
 // long an adversarial choice may last (a stopped instance resumes, a
-// held reply is sent, a late write lands), so that a schedule always
-// ends, and a replaced instance's write waits timeout + reconnect-delay
-// before it may land on a newer one.  Within those bounds the server
-// picks the worst moments it can see: it hangs and stops at writes to
-// blocks written often, crashes at a flush whose connection has writes
-// in the cache, and lands a stale write on a newer one that was just
-// acknowledged, preferably one vouched for at its reply.
+// held reply is sent), so that a schedule always ends.  Within those
+// bounds the server picks the worst moments it can see: it hangs,
+// stops and drops connections at writes to blocks written often,
+// crashes at a flush whose connection has writes in the cache, and
+// lands a write of a closed connection (or one a stopped, replaced
+// instance held) on a newer one to its blocks just acknowledged,
+// preferably one vouched for at its reply.  A late write has no
+// deadline: half of them land only on a newer write read 0.5 to 2 s
+// past timeout + reconnect-delay after the close, so that no hold for a
+// time after a connection ends would do, and the chaos phase lasts
+// until each has had half a second to meet one.  One that meets none
+// lands when its instance shuts down gracefully, or when the final
+// phase begins, before the storage is read; a crash loses it.
+//
+// The adversary is fair (fair_test.go): with the clients on the server
+// directly, nothing it does shows as a violation.  nbdkit's C nbd
+// plugin, which fails a write whose connection died and lets the client
+// write there again, is spared the late writes of closed connections
+// (ProxyFeatures.InDoubt): with them it fails.
 //
 // Run it with `make check-history` (see the Makefile; history_test.go
 // lists the environment variables).

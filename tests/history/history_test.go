@@ -27,7 +27,7 @@ const defaultSchedules = 20
 const maxReports = 4
 
 func TestHistory(t *testing.T) {
-	run := Run{Plugin: os.Getenv("HISTORY_PLUGIN"), Features: ProxyFeatures{ReconnectDelay: true, Timeout: true}}
+	run := Run{Plugin: os.Getenv("HISTORY_PLUGIN"), Features: ProxyFeatures{ReconnectDelay: true, Timeout: true, InDoubt: true}}
 	switch run.Plugin {
 	case "":
 		p, err := filepath.Abs("../../nbdkit-nbd-go-plugin.so")
@@ -38,7 +38,7 @@ func TestHistory(t *testing.T) {
 	case CPlugin:
 		run.Features = ProxyFeatures{}
 	case "none":
-		run.Plugin, run.Features = "", ProxyFeatures{}
+		run.Plugin, run.Features = "", ProxyFeatures{InDoubt: true}
 	default:
 		p, err := filepath.Abs(run.Plugin)
 		if err != nil {

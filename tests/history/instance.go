@@ -95,10 +95,8 @@ func (in *instance) die(why string) {
 	lost := len(in.cache)
 	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
 	for _, lw := range s.late {
-		if lw.inst == in && !lw.done {
-			lw.done = true
-			lw.timer.Stop()
-			s.logBlocks(in, lw.r.c, lw.r.first, lw.r.n, lw.r.ids, "%s %s lost with the instance", lw.r.op(), blocksString(lw.r.first, lw.r.n))
+		if lw.inst == in {
+			s.loseLate(lw)
 		}
 	}
 	if in.shutdownTimer != nil {
@@ -109,21 +107,32 @@ func (in *instance) die(why string) {
 }
 
 // beginShutdown starts a shutdown as nbdkit's on SIGTERM: no new
-// connections; requests in progress complete; its late writes land;
+// connections; the requests in progress complete, or (those not carried
+// out yet, on some shutdowns) fail with ESHUTDOWN; its late writes land;
 // the next left requests are answered ESHUTDOWN and not carried out;
-// then finishShutdown.
+// then finishShutdown.  Nothing it read is carried out after it closed.
 func (in *instance) beginShutdown(left int) {
 	s := in.s
 	in.state = shuttingDown
 	in.ln.Close()
-	s.logKey(in, nil, "graceful shutdown begins (%d more requests get ESHUTDOWN)", left)
+	fail := s.rng.Intn(2) == 0
+	held := "complete"
+	if fail {
+		held = "fail with ESHUTDOWN unless carried out"
+	}
+	s.logKey(in, nil, "graceful shutdown begins (%d more requests get ESHUTDOWN; those in progress %s)", left, held)
 	for c := range in.conns {
 		for _, r := range append([]*request(nil), c.held...) {
-			s.finish(r, 0, "in progress at the shutdown")
+			if fail && !r.applied {
+				s.finish(r, nbdESHUTDOWN, "in progress at the shutdown")
+			} else {
+				s.finish(r, 0, "in progress at the shutdown")
+			}
 		}
 	}
 	for _, lw := range s.late {
-		if lw.inst == in {
+		if lw.inst == in && !lw.done {
+			s.lateStats.Shutdown++
 			s.landLate(lw, "the instance shuts down")
 		}
 	}
@@ -181,33 +190,38 @@ func (in *instance) replace() {
 	s.ensureCurrent()
 }
 
-// resumeReplaced resumes a replaced instance for its last act: the
-// writes it held land, and it closes its connections, after applying
-// them or (qemu-nbd) before: then they land later.  In the final phase
-// they land at once.
+// resumeReplaced resumes a replaced instance for its last act: it
+// closes its connections, after applying the writes it held, or before
+// (as qemu-nbd may): then they land at any later time, while it lives
+// on to land them (its state is dead: it serves nothing more).  In the
+// final phase they land at once.
 func (in *instance) resumeReplaced(why string) {
 	s := in.s
 	if in.state == dead {
 		return
 	}
 	in.state = running
-	closeFirst := !s.calm && s.sched.Timeout > 0 && s.rng.Intn(2) == 0
+	closeFirst := !s.calm && s.sched.InDoubt && s.rng.Intn(2) == 0
 	if closeFirst {
-		s.logKey(in, nil, "resumes (%s), closes its connections, then applies the writes it held", why)
+		s.logKey(in, nil, "resumes (%s), closes its connections; the writes it held land later", why)
 	} else {
 		s.logKey(in, nil, "resumes (%s), applies the writes it held, then closes its connections", why)
 	}
+	var late []*request
 	for c := range in.conns {
 		for _, r := range c.held {
 			if r.writeLike() && !r.applied {
 				if closeFirst {
-					s.addLate(in, r)
+					late = append(late, r)
 				} else {
 					s.apply(in, r, "held by a replaced instance")
 				}
 			}
 		}
 		c.closeNow("the replaced instance closes")
+	}
+	for _, r := range late {
+		s.addLate(in, r)
 	}
 	in.state = dead
 	in.ln.Close()

@@ -16,10 +16,6 @@ type Run struct {
 	Seed     int64
 	Plugin   string // the plugin's .so, CPlugin, or "" for no proxy
 	Features ProxyFeatures
-	// InProcess, if set, starts a proxy in the test process instead
-	// (the tests' model proxy): it returns its socket and how to stop
-	// it.
-	InProcess func(sched *Schedule, dir, link string) (sock string, stop func(), err error)
 }
 
 // How long a run's phases may take.  They bound, never pace: each phase
@@ -54,6 +50,7 @@ type Result struct {
 	Duration    time.Duration
 	Clients     int // client connections made
 	ConnFails   int // failed connection attempts
+	Late        LateStats
 }
 
 // Execute runs the schedule and checks its history.
@@ -75,13 +72,7 @@ func (run Run) Execute() (*Result, error) {
 
 	sock := srv.Link()
 	var px *proxy
-	if run.InProcess != nil {
-		var stop func()
-		if sock, stop, err = run.InProcess(sched, dir, srv.Link()); err != nil {
-			return nil, err
-		}
-		defer stop()
-	} else if run.Plugin != "" {
+	if run.Plugin != "" {
 		if px, err = startProxy(run.Plugin, dir, srv.Link(), sched.ProxyParams()); err != nil {
 			return nil, err
 		}
@@ -145,6 +136,12 @@ func (run Run) Execute() (*Result, error) {
 		}
 		res.ProxyStderr = px.tail(proxyTail)
 	}
+	// Every late write has landed (Heal) or was lost with its instance
+	// before the storage is read.
+	if n := srv.LateLeft(); n > 0 {
+		res.Failures = append(res.Failures, fmt.Sprintf("the server still held %d late writes at the end", n))
+	}
+	res.Late = srv.Late()
 	srv.Close()
 
 	h := &History{T0: t0, Flush: sched.Flush, Timeout: int64(sched.Timeout)}

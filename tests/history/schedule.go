@@ -24,8 +24,11 @@ type Schedule struct {
 	Depths         []int         // requests in flight, per client
 	Flush          bool          // the server advertises flush
 	WriteBack      bool          // the server has a volatile cache
-	Episodes       []Episode
-	EndAfter       int // requests after the last episode before the final phase
+	// InDoubt: the server may apply a write it read on a connection at
+	// any time after the connection closed unanswered (ProxyFeatures).
+	InDoubt  bool
+	Episodes []Episode
+	EndAfter int // requests after the last episode before the final phase
 }
 
 // An Episode is one adversarial act of the server, which starts once
@@ -46,26 +49,29 @@ const (
 	// acknowledged writes (write-back only).
 	CrashOnFlush EpisodeKind = "crash-on-flush"
 	// GracefulRestart: as nbdkit on SIGTERM (requests read from then on
-	// get ESHUTDOWN, those in progress complete, late writes are
-	// applied, the cache is written back, then it closes), and a new
-	// instance starts.
+	// get ESHUTDOWN, those in progress complete or fail with ESHUTDOWN,
+	// late writes are applied, the cache is written back, then it
+	// closes and carries out nothing more), and a new instance starts.
 	GracefulRestart EpisodeKind = "graceful-restart"
 	// StopReplace: the instance stops (as SIGSTOP) with a write read but
-	// not applied, and a new one on the same storage replaces it; the
-	// old one resumes once the new one has acknowledged a newer write
-	// to those blocks (or after a while), applies what it had, and
-	// closes, before or after applying.  Needs timeout=.
+	// not applied, and a new one on the same storage replaces it (and
+	// drops the old one's cache); the old one resumes once the new one
+	// has acknowledged a newer write to those blocks (or after a
+	// while), and closes its connections after applying what it had, or
+	// before: then it applies it at any later time.  Needs timeout=.
 	StopReplace EpisodeKind = "stop-replace"
 	// StopResume: the instance stops, and resumes when a new connection
 	// reaches it (or after a while; briefly without timeout=).
 	StopResume EpisodeKind = "stop-resume"
 	// HangWrite: a write is neither applied nor answered until the proxy
 	// ends its connection; then the server closes at once and applies it
-	// later (qemu-nbd), or finishes it and closes, or answers ESHUTDOWN
-	// and closes.  Needs timeout=.
+	// at any later time (qemu-nbd), or finishes it and closes, or answers
+	// ESHUTDOWN and closes.  Needs timeout=.
 	HangWrite EpisodeKind = "hang-write"
-	// DropConn: the server closes a connection at a request, after
-	// applying the writes it held, or dropping them.
+	// DropConn: the server closes a connection on its own at a request
+	// (a write to a hot block, mostly); the writes it read there and has
+	// not answered, that one included, it applies first, drops, or
+	// applies at any later time.
 	DropConn EpisodeKind = "drop-conn"
 	// LateReplies: for a while, some requests are answered late (applied
 	// now or at the reply), out of order.
@@ -82,16 +88,23 @@ var allEpisodeKinds = []EpisodeKind{Crash, CrashOnFlush, GracefulRestart, StopRe
 // maxEpisodes is the most episodes a schedule has.
 const maxEpisodes = 4
 
-// ProxyFeatures says which of the plugin's parameters the proxy under
-// test has: nbdkit's C nbd plugin has neither.
+// ProxyFeatures says what the proxy under test has: which of the
+// plugin's parameters, and whether it keeps a write whose connection
+// ended before the server answered it in doubt (the man page's rule:
+// no other write over its bytes is sent).  Only then may the server
+// apply such a write at any later time, as NBD allows: the plugin and
+// clients on the server directly (their write's fate stays unknown)
+// get that; nbdkit's C nbd plugin, which has none of these and fails
+// such a write, does not: to it a connection closed unanswered leaves
+// nothing to land later.
 type ProxyFeatures struct {
-	ReconnectDelay, Timeout bool
+	ReconnectDelay, Timeout, InDoubt bool
 }
 
 // NewSchedule draws the schedule of a seed.
 func NewSchedule(seed int64, f ProxyFeatures) *Schedule {
 	rng := rand.New(rand.NewSource(seed))
-	s := &Schedule{Seed: seed}
+	s := &Schedule{Seed: seed, InDoubt: f.InDoubt}
 	s.Blocks = []int{64, 128, 256}[rng.Intn(3)]
 	s.Shared = rng.Intn(10) < 3
 	if f.ReconnectDelay && rng.Intn(10) >= 3 {
@@ -171,6 +184,9 @@ func (s *Schedule) String() string {
 	var eps []string
 	for _, e := range s.Episodes {
 		eps = append(eps, fmt.Sprintf("%s after %d requests", e.Kind, e.After))
+	}
+	if !s.InDoubt {
+		cache += ", applies no write after its connection closed"
 	}
 	return fmt.Sprintf("seed=%d proxy: %s; server: %d blocks, flush=%v, %s; clients: depths %v;\n"+
 		"  episodes: %s; final phase %d requests after the last",

@@ -10,7 +10,7 @@ import (
 // A seed draws one schedule, and only what its parameters allow: a
 // replay is a replay, and no episode asks of a proxy what it cannot do.
 func TestSchedules(t *testing.T) {
-	all := ProxyFeatures{ReconnectDelay: true, Timeout: true}
+	all := ProxyFeatures{ReconnectDelay: true, Timeout: true, InDoubt: true}
 	seen := map[EpisodeKind]bool{}
 	for seed := int64(1); seed <= 500; seed++ {
 		s := NewSchedule(seed, all)
@@ -45,7 +45,7 @@ func TestSchedules(t *testing.T) {
 		}
 	}
 	for seed := int64(1); seed <= 100; seed++ {
-		if s := NewSchedule(seed, ProxyFeatures{}); s.Timeout != 0 || s.ReconnectDelay != 0 {
+		if s := NewSchedule(seed, ProxyFeatures{}); s.Timeout != 0 || s.ReconnectDelay != 0 || s.InDoubt {
 			t.Errorf("seed %d: parameters the proxy has not: %v", seed, s.ProxyParams())
 		}
 	}

@@ -31,7 +31,8 @@ type Server struct {
 	insts     []*instance
 	cur       *instance
 	late      []*lateWrite // writes of closed connections, to land later
-	writes    map[int]int  // writes acknowledged, per block
+	lateStats LateStats
+	writes    map[int]int // writes acknowledged, per block
 	maxWrites int
 	nextInst  int
 	nextConn  int
@@ -43,18 +44,22 @@ type Server struct {
 	protoErrs []string // what the proxy sent that NBD does not allow
 }
 
-// A lateWrite is a write a server still holds after closing the
-// connection it came on (qemu-nbd does this): it lands when a newer
-// write to its blocks has been acknowledged, or at its deadline.
+// A lateWrite is a write an instance read on a connection that has
+// closed since, without answering it: an instance that is alive may
+// apply it at any later time (doc.go).  It lands on top of a newer write
+// to its blocks once one has been acknowledged (acknowledged), when its
+// instance shuts down gracefully, or in the final phase; a crash of its
+// instance loses it; a stopped instance lands nothing until it resumes.
 type lateWrite struct {
-	r      *request
-	inst   *instance
-	timer  *time.Timer
-	done   bool
-	closed int64 // when its connection closed (CLOCK_MONOTONIC)
-	resent int64 // when a copy of it sent again was acknowledged; 0: none
-	pass   int   // newer writes to let by before it lands on one
-	picky  int   // newer writes not vouched at once to let by, hoping for one
+	r         *request
+	inst      *instance
+	done      bool
+	closed    int64 // when its connection closed (CLOCK_MONOTONIC)
+	resent    int64 // when a copy of it sent again was acknowledged; 0: none
+	notBefore int64 // it lands only on a newer write read after this
+	long      bool  // notBefore is seconds past timeout + reconnect-delay
+	pass      int   // newer writes to let by before it lands on one
+	picky     int   // newer writes not vouched at once to let by, hoping for one
 }
 
 // pickyPass is how many newer writes not vouched for at their reply a
@@ -67,15 +72,38 @@ const pickyPass = 4
 // issued it after the late write's own copy had ended.
 const latePass = 3
 
-// lateFraction of the proxy's timeout is the longest a closed
-// connection's write may wait to land (doc.go: the assumption).  The
-// server's own deadline is lateDeadlineFraction of it: a timer fires
-// late on a loaded machine, never early, and the write must land
-// inside the bound a proxy relies on.
+// A long late write (one in longOdds) lands only on a newer write read
+// more than timeout + reconnect-delay + longMin, plus up to longSpread,
+// after its connection closed: no hold for a time after a connection
+// ends, the server's own or the proxy's, keeps a newer write from being
+// overwritten.
 const (
-	lateFraction         = 2
-	lateDeadlineFraction = 4
+	longOdds   = 2
+	longMin    = 500 * time.Millisecond
+	longSpread = 1500 * time.Millisecond
 )
+
+// lateWindow is how long a late write waits for a newer write once it
+// may land on one, before the chaos phase may end (it then lands in the
+// final phase).
+const lateWindow = 500 * time.Millisecond
+
+// settleSlack: once a request's bound (2 * timeout + reconnect-delay)
+// and this have passed since a late write's connection closed, the
+// proxy has ended that write's request, whatever became of it.
+const settleSlack = 200 * time.Millisecond
+
+// LateStats counts what became of the late writes of a run.
+type LateStats struct {
+	Kept        int           // writes kept after their connection closed
+	Long        int           // of those, long ones (lateWrite.long)
+	OnNewer     int           // landed on a newer write just acknowledged
+	LongOnNewer int           // of those, more than timeout + reconnect-delay after the close
+	Longest     time.Duration // the longest from a close to a landing on a newer write
+	Shutdown    int           // landed as their instance shut down gracefully
+	Final       int           // landed in the final phase
+	Lost        int           // lost with their instance (a crash)
+}
 
 // NewServer makes the server of a schedule in dir (which must be short:
 // Unix socket paths are limited) and starts its first instance.
@@ -219,20 +247,23 @@ func (s *Server) writeBack(in *instance, why string) {
 	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
 }
 
-// ---- Late writes (qemu-nbd's: applied after their connection closed)
+// ---- Late writes: applied after their connection closed
 
-// addLate keeps r, a write of a connection in has just closed, to land
-// later: before lateFraction of the timeout has passed.
+// addLate keeps r, a write of a connection of in that has just closed
+// unanswered, to land at any later time while in is alive.
 func (s *Server) addLate(in *instance, r *request) {
-	lw := &lateWrite{r: r, inst: in, closed: mono(), pass: s.rng.Intn(latePass), picky: pickyPass}
+	now := mono()
+	lw := &lateWrite{r: r, inst: in, closed: now, notBefore: now, pass: s.rng.Intn(latePass), picky: pickyPass}
+	when := "on a newer write"
+	if s.rng.Intn(longOdds) == 0 {
+		wait := s.sched.Timeout + s.sched.ReconnectDelay + longMin + time.Duration(s.rng.Int63n(int64(longSpread)))
+		lw.long, lw.notBefore = true, now+int64(wait)
+		s.lateStats.Long++
+		when = fmt.Sprintf("on a newer write read %.1fs after the close or later", wait.Seconds())
+	}
 	s.late = append(s.late, lw)
-	d := s.sched.Timeout / lateDeadlineFraction
-	lw.timer = time.AfterFunc(d, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.landLate(lw, "its deadline")
-	})
-	s.logBlocks(in, r.c, r.first, r.n, r.ids, "%s %s held after the close, lands within %v", r.op(), blocksString(r.first, r.n), d)
+	s.lateStats.Kept++
+	s.logBlocks(in, r.c, r.first, r.n, r.ids, "%s %s kept after the close, to land %s", r.op(), blocksString(r.first, r.n), when)
 }
 
 // landLate applies a late write, once.
@@ -241,21 +272,76 @@ func (s *Server) landLate(lw *lateWrite, why string) {
 		return
 	}
 	lw.done = true
-	lw.timer.Stop()
-	from := "late, after its connection closed: "
+	from := "late"
 	if lw.inst.replaced {
-		from = "late, from a replaced instance, after its connection closed: "
+		from = "late, from a replaced instance"
 	}
-	s.apply(lw.inst, lw.r, from+why)
+	after := time.Duration(mono() - lw.closed)
+	s.apply(lw.inst, lw.r, fmt.Sprintf("%s, %.3fs after its connection closed: %s", from, after.Seconds(), why))
 	s.cond.Broadcast()
+}
+
+// lateWait is when the late writes still waiting will have had their
+// time to meet a newer write: lateWindow past the earliest moment a
+// write read then may be newer (CLOCK_MONOTONIC; 0: none waits).
+func (s *Server) lateWait() int64 {
+	var until int64
+	for _, lw := range s.late {
+		if lw.done {
+			continue
+		}
+		t := lw.notBefore
+		switch {
+		case lw.resent != 0:
+			if lw.resent > t {
+				t = lw.resent
+			}
+		case s.sched.ReconnectDelay > 0:
+			if c := lw.closed + int64(s.sched.opBound()+settleSlack); c > t {
+				t = c
+			}
+		}
+		if t += int64(lateWindow); t > until {
+			until = t
+		}
+	}
+	return until
+}
+
+// loseLate: a late write's instance died with it.
+func (s *Server) loseLate(lw *lateWrite) {
+	if lw.done {
+		return
+	}
+	lw.done = true
+	s.lateStats.Lost++
+	r := lw.r
+	s.logBlocks(lw.inst, r.c, r.first, r.n, r.ids, "%s %s lost with the instance", r.op(), blocksString(r.first, r.n))
+}
+
+// newer says whether r, a write acknowledged over late write lw's
+// blocks, is one to land lw on: read after lw's connection closed and
+// after its notBefore, and, as far as the server can tell, issued after
+// lw's own request ended: after the copy the proxy sent again was
+// acknowledged; or, with no copy, without reconnect-delay (the proxy
+// then fails it at once) or once the proxy's bound for a request has
+// passed.
+func (s *Server) newer(lw *lateWrite, r *request) bool {
+	sc := s.sched
+	switch {
+	case r.recv <= lw.closed, r.recv <= lw.notBefore:
+		return false
+	case lw.resent != 0:
+		return r.recv > lw.resent
+	default:
+		return sc.ReconnectDelay == 0 || r.recv > lw.closed+int64(sc.opBound()+settleSlack)
+	}
 }
 
 // acknowledged is called once a write, zero or trim r has been applied
 // and its reply sent on its way: the adversary's moment to land what
-// it holds for those blocks on top of r, if r is newer: read after the
-// copy of the late write the proxy sent again was acknowledged, or
-// without reconnect-delay (the proxy then fails it, sends no copy) after
-// the close.  (If no such write comes, it lands at its deadline.)
+// it holds for those blocks on top of r, if r is newer (newer).  A late
+// write that never meets one lands in the final phase.
 func (s *Server) acknowledged(r *request) {
 	for _, b := range r.blocks() {
 		s.writes[b]++
@@ -268,13 +354,20 @@ func (s *Server) acknowledged(r *request) {
 		case lw.done || !overlaps(lw.r, r):
 		case sameData(lw.r, r):
 			lw.resent = mono()
-		case r.recv <= lw.closed, r.recv <= lw.resent,
-			lw.resent == 0 && s.sched.ReconnectDelay > 0: // wait for the copy sent again
+		case lw.inst.state == stopped, !s.newer(lw, r):
 		case lw.pass > 0:
 			lw.pass--
 		case !s.vouchedAtOnce(r) && lw.picky > 0:
 			lw.picky--
 		default:
+			after := time.Duration(mono() - lw.closed)
+			s.lateStats.OnNewer++
+			if after > s.sched.Timeout+s.sched.ReconnectDelay {
+				s.lateStats.LongOnNewer++
+			}
+			if after > s.lateStats.Longest {
+				s.lateStats.Longest = after
+			}
 			s.landLate(lw, fmt.Sprintf("after a newer %s was acknowledged by instance %d", r.op(), r.c.inst.id))
 		}
 	}
@@ -349,13 +442,16 @@ func (s *Server) Heal() {
 				in.resume("the final phase")
 			}
 			for c := range in.conns {
-				for _, r := range c.held {
+				for _, r := range append([]*request(nil), c.held...) {
 					s.finish(r, 0, "the final phase")
 				}
 			}
 		}
 	}
 	for _, lw := range s.late {
+		if !lw.done {
+			s.lateStats.Final++
+		}
 		s.landLate(lw, "the final phase")
 	}
 	s.ensureCurrent()
@@ -380,10 +476,29 @@ func (s *Server) Close() {
 			in.die("the end of the run")
 		}
 	}
-	for _, lw := range s.late {
-		lw.timer.Stop()
-	}
 	s.cond.Broadcast()
+}
+
+// LateLeft is how many late writes have neither landed nor been lost
+// (none once the server has healed: the final phase reads the storage
+// only when none is left).
+func (s *Server) LateLeft() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, lw := range s.late {
+		if !lw.done {
+			n++
+		}
+	}
+	return n
+}
+
+// Late says what became of the late writes.
+func (s *Server) Late() LateStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lateStats
 }
 
 // ProtocolErrors is what the proxy sent that NBD does not allow.

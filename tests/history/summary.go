@@ -21,6 +21,7 @@ type Summary struct {
 	Unsent                           int
 	Errnos                           map[int]int
 	Connections, ConnFails           int
+	Late                             LateStats
 	Violations                       map[int]int       // by rule
 	Causes                           map[Cause][]int64 // seeds, by what caused a rule 2 violation
 	ViolatingSeeds, FailingSeeds     []int64
@@ -61,6 +62,7 @@ func (s *Summary) Add(res *Result) {
 	for _, e := range res.Episodes {
 		s.Came[e.Kind]++
 	}
+	s.Late.add(res.Late)
 	s.Connections += res.Clients
 	s.ConnFails += res.ConnFails
 	if res.History != nil {
@@ -122,6 +124,9 @@ func (s *Summary) String() string {
 		}
 	}
 	fmt.Fprintf(&b, "  episodes (came/planned): %s\n", strings.Join(eps, ", "))
+	l := s.Late
+	fmt.Fprintf(&b, "  late writes (kept after their connection closed) %d (%d long): landed on a newer write %d (%d more than timeout + reconnect-delay after the close, the longest %.1f s after), at a graceful shutdown %d, in the final phase %d; lost in a crash %d\n",
+		l.Kept, l.Long, l.OnNewer, l.LongOnNewer, l.Longest.Seconds(), l.Shutdown, l.Final, l.Lost)
 	var errs []string
 	var codes []int
 	for e := range s.Errnos {
@@ -146,4 +151,18 @@ func (s *Summary) String() string {
 		fmt.Fprintf(&b, "\n  runs that failed: seeds %v", s.FailingSeeds)
 	}
 	return b.String()
+}
+
+// add adds another run's counts.
+func (l *LateStats) add(o LateStats) {
+	l.Kept += o.Kept
+	l.Long += o.Long
+	l.OnNewer += o.OnNewer
+	l.LongOnNewer += o.LongOnNewer
+	if o.Longest > l.Longest {
+		l.Longest = o.Longest
+	}
+	l.Shutdown += o.Shutdown
+	l.Final += o.Final
+	l.Lost += o.Lost
 }
