@@ -660,11 +660,14 @@ engine_command (struct engine *e, struct engine_request *req,
     return res->outcome;
   }
   free (c.refused_msg);
-  /* A command libnbd failed because the connection died (it calls the
-   * completion of each with an error once it is dead or closed).
+  /* A command libnbd failed because the connection died: it calls the
+   * completion of each with ENOTCONN (or the error of a reply it had
+   * begun to read) once it is dead or closed.  No server can send
+   * ENOTCONN (NBD has no such error), and a reply that came while the
+   * connection was being ended is the server's answer all the same.
    */
-  if (c.refused || c.error == ESHUTDOWN ||
-      (c.error && (dead (e) || atomic_load (&e->ending) != RUNNING))) {
+  if (c.refused || c.error == ESHUTDOWN || c.error == ENOTCONN ||
+      (c.error && dead (e))) {
     res->outcome = ENGINE_CONN_FAILED;
     if (c.refused || c.error == ESHUTDOWN ||
         (atomic_load (&e->shutting_down) && server_closed (e)))

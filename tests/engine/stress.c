@@ -21,16 +21,30 @@
  *               NBD_ESHUTDOWN and closes; the engine says goodbye
  *               (NBD_CMD_DISC), and no command is left in doubt;
  *  5. close:    engine_close with the server stopped (SIGSTOP) returns
- *               within its bound.
+ *               within its bound;
+ *  6. race:     a timeout ends the connection while replies still stream
+ *               in, with the gap between the engine's marking it ended
+ *               and its shutting the socket down widened (shutdown() is
+ *               interposed, below): every read that succeeds holds what
+ *               the disk holds, and none fails before the shutdown.  A
+ *               regression test of issue 18, defect 4: the engine at
+ *               d21d603 took writes that the server failed in that gap
+ *               for a failed connection, and the data path then read the
+ *               socket from under libnbd (engine_server_closed), shifting
+ *               its stream: reads succeeded with the wrong bytes, or
+ *               libnbd failed the connection on a garbled reply.
  *
  * Every loop is bounded in count and time, and alarm() fails a run that
  * hangs.  The exit status is non-zero if any check failed.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -40,6 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -111,6 +126,30 @@ sleep_ms (int ms)
 
   while (nanosleep (&ts, &ts) == -1 && errno == EINTR)
     ;
+}
+
+/* shutdown(), interposed for the race scenario: the engine ends a
+ * connection by marking it ended and then shutting its socket down, and
+ * the first shutdown once race_widen is armed sleeps RACE_WIDEN_MS first,
+ * which widens the gap between the two from a few instructions to one
+ * that every round hits.  Any other call goes straight through.
+ * race_window: 0 before that sleep, 1 during it, 2 after (set before the
+ * real shutdown, so that a failure it causes is seen as after).
+ */
+#define RACE_WIDEN_MS 200
+
+static int (*real_shutdown) (int, int); /* set in main, before threads */
+static atomic_int race_widen, race_window;
+
+int
+shutdown (int fd, int how)
+{
+  if (atomic_exchange (&race_widen, 0)) {
+    atomic_store (&race_window, 1);
+    sleep_ms (RACE_WIDEN_MS);
+    atomic_store (&race_window, 2);
+  }
+  return real_shutdown (fd, how);
 }
 
 /* Commands that succeeded in the running scenario: the servers are
@@ -559,7 +598,7 @@ kill_run (void *arg)
   int64_t stop = engine_now_ms () + 20000, start, end;
   struct engine_request req;
   struct engine_result res;
-  int after = 0, gone, op;
+  int after = 0, gone, known_dead, op;
 
   if (buf == NULL)
     die ("calloc");
@@ -575,14 +614,23 @@ kill_run (void *arg)
     if (op == ENGINE_FLUSH)
       req.count = req.offset = 0;
     gone = atomic_load (&server_gone);
+    known_dead = engine_is_dead (t->e);
     start = engine_now_ms ();
     run (t->e, &req, &res);
     end = engine_now_ms ();
 
     if (gone) {
+      CHECK (res.outcome == ENGINE_CONN_FAILED,
+             "thread %d: %s started after the server died ended %s",
+             t->idx, op_name (op), outcome_name (res.outcome));
+    }
+    /* Once the engine knows, nothing is sent.  (Before, a command may
+     * be sent to a socket whose server is gone: then it is in doubt.)
+     */
+    if (known_dead) {
       CHECK (res.outcome == ENGINE_CONN_FAILED &&
              res.fate == ENGINE_NOT_DONE,
-             "thread %d: %s started after the server died ended %s, "
+             "thread %d: %s started on a dead connection ended %s, "
              "fate %d", t->idx, op_name (op), outcome_name (res.outcome),
              res.fate);
     }
@@ -897,6 +945,294 @@ scenario_close (void)
           " ms\n", took);
 }
 
+/* Scenario 6: the connection ended while replies stream in.
+ *
+ * The server (the pattern plugin, made writable by the cow filter: each
+ * 8-byte word of the disk holds its offset) answers reads at once, fails
+ * every write with EIO, and holds block status for 5 s.  Readers stream
+ * 1 MiB reads, writers get their EIO, and the stallers' block status
+ * times out, which ends the connection: the engine marks it ended, then
+ * shuts the socket down, and shutdown() sleeps in between (RACE_WIDEN_MS)
+ * while the leader goes on reading the replies already on their way.
+ * Every read that succeeds must hold what the disk holds, and no read may
+ * fail before the socket is shut down: until then the connection is
+ * whole, and libnbd alone reads it.
+ *
+ * d21d603's engine said a write the server failed in that window ended
+ * CONN_FAILED (it took the connection for dead), and its thread then
+ * calls engine_server_closed if the engine has one, as d21d603's data
+ * path (direct.c) did for a write that was sent and failed with the
+ * connection.  The engine now says ERROR: the server answered, and
+ * libnbd still reads the connection.  That engine then read
+ * the socket from under libnbd: a read completed with bytes of other
+ * replies, or libnbd took the middle of a reply for a header and failed
+ * the connection.  The engine now has no engine_server_closed and only
+ * libnbd reads the socket.  To see d21d603's engine fail, build this file
+ * against it (its engine_result has not_sent for fate) and run only this
+ * scenario:
+ *   mkdir /tmp/old
+ *   git show d21d603:plugin/engine.c >/tmp/old/engine.c
+ *   git show d21d603:plugin/engine.h >/tmp/old/engine.h
+ *   cc -fsanitize=thread -g -O1 -Wall -Wextra -Wno-tsan \
+ *     -Wno-unused-parameter -I/tmp/old -Dfate=not_sent \
+ *     -DENGINE_NOT_DONE=1 -DENGINE_IN_DOUBT=0 -o /tmp/old/stress \
+ *     tests/engine/stress.c /tmp/old/engine.c -lnbd -lpthread
+ *   ENGINE_STRESS_ONLY=race /tmp/old/stress
+ * (ENGINE_NOT_DONE is 1 there only to compile the other scenarios.)
+ */
+
+#define RACE_READERS 12
+#define RACE_WRITERS 4
+#define RACE_STALLERS 3
+#define RACE_THREADS (RACE_READERS + RACE_WRITERS + RACE_STALLERS)
+#define RACE_ROUNDS 5
+#define RACE_TIMEOUT_MS 300
+#define RACE_READ (1 << 20)
+
+/* d21d603's engine.c defines it; the engine now does not. */
+extern int engine_server_closed (struct engine *, int64_t)
+  __attribute__((weak));
+
+/* What the disk holds at off: each 8-byte word its offset, big endian. */
+static void
+race_fill (unsigned char *buf, uint64_t off, size_t len)
+{
+  uint64_t w;
+  size_t i;
+
+  for (i = 0; i < len; i += 8) {
+    w = htobe64 (off + i);
+    memcpy (buf + i, &w, 8);
+  }
+}
+
+/* The first byte where buf differs from want, or len. */
+static size_t
+race_first_wrong (const unsigned char *buf, const unsigned char *want,
+                  size_t len)
+{
+  size_t i;
+
+  if (memcmp (buf, want, len) == 0) /* TSan checks each byte a loop reads */
+    return len;
+  for (i = 0; i < len && buf[i] == want[i]; ++i)
+    ;
+  return i;
+}
+
+/* This round: writes that had been sent and failed in the window; the
+ * stallers that have sent their command.
+ */
+static atomic_long race_failed;
+static atomic_int race_stalled;
+
+struct race_thread {
+  pthread_t tid;
+  int idx, writer;
+  struct engine *e;
+  long read_after;              /* reads ended in the window after such a
+                                   write */
+  long wrong, broken;
+};
+
+/* Readers and writers, until the connection fails; bounded.  Each reader
+ * reads its own MiB, so that bytes of another reply are told apart.
+ */
+static void *
+race_run (void *arg)
+{
+  struct race_thread *t = arg;
+  uint64_t seed = 0x2545f4914f6cdd1dULL * (t->idx + 1);
+  unsigned char *buf = malloc (RACE_READ), *want = malloc (RACE_READ);
+  int64_t stop = engine_now_ms () + 20000;
+  struct engine_request req;
+  struct engine_result res;
+  size_t i;
+  long n;
+
+  if (buf == NULL || want == NULL)
+    die ("malloc");
+  race_fill (want, t->idx * (uint64_t) RACE_READ, RACE_READ);
+  for (n = 0; n < 1000000 && engine_now_ms () < stop; ++n) {
+    memset (&req, 0, sizeof req);
+    req.buf = buf;
+    if (t->writer) {
+      /* What the disk holds: should one get through, nothing changes. */
+      req.op = ENGINE_PWRITE;
+      req.count = BLOCK;
+      req.offset = (rnd (&seed) % (DISK_SIZE / BLOCK)) * BLOCK;
+      race_fill (buf, req.offset, BLOCK);
+    }
+    else {
+      req.op = ENGINE_PREAD;
+      req.count = RACE_READ;
+      req.offset = t->idx * (uint64_t) RACE_READ;
+      memset (buf, 0xa5, RACE_READ);
+    }
+    run (t->e, &req, &res);
+
+    if (res.outcome == ENGINE_OK) {
+      if (t->writer)
+        CHECK (0, "thread %d: a write succeeded; the server fails every "
+               "write", t->idx);
+      else {
+        i = race_first_wrong (buf, want, RACE_READ);
+        if (!CHECK (i == RACE_READ, "thread %d: a read at %" PRIu64
+                    " succeeded with the wrong data from byte %zu",
+                    t->idx, req.offset, i))
+          t->wrong++;
+        if (atomic_load (&race_window) == 1 && atomic_load (&race_failed))
+          t->read_after++;
+      }
+      atomic_fetch_add (&progress, 1);
+      continue;
+    }
+    if (res.outcome == ENGINE_ERROR) {
+      CHECK (t->writer && res.errnum == EIO,
+             "thread %d: %s ended ERROR errnum %d", t->idx,
+             op_name (req.op), res.errnum);
+      /* The server's answer, while the connection is being ended. */
+      if (atomic_load (&race_window) == 1)
+        atomic_fetch_add (&race_failed, 1);
+      continue;
+    }
+    /* The connection failed: for a read that had been sent, not before
+     * the window closed (race_round checks).
+     */
+    if (!t->writer && res.fate == ENGINE_IN_DOUBT &&
+        atomic_load (&race_window) == 1) {
+      t->broken++;
+      if (atomic_load (&race_failed))
+        t->read_after++;
+    }
+    /* While libnbd still reads the connection, a write the server
+     * answered is not a failed connection: d21d603 said it was, and its
+     * data path then read the socket (engine_server_closed) from under
+     * libnbd.  A write sent before the window can only have been
+     * answered; one sent in it is refused, not sent.
+     */
+    if (t->writer && res.fate == ENGINE_IN_DOUBT) {
+      if (atomic_load (&race_window) == 1) {
+        atomic_fetch_add (&race_failed, 1);
+        CHECK (0, "thread %d: a write the server answered in the window "
+               "ended CONN_FAILED, in doubt", t->idx);
+      }
+      if (engine_server_closed)
+        engine_server_closed (t->e, engine_now_ms () + RACE_WIDEN_MS);
+    }
+    break;
+  }
+  free (buf);
+  free (want);
+  return NULL;
+}
+
+/* A command the server holds for 5 s, sent once the readers are at work
+ * (or the connection has ended already): the first one's timeout ends
+ * the connection.  But a leader whose own command times out ends the
+ * connection itself and reads no reply meanwhile, and a leader keeps the
+ * role until its own command is done; the role goes to the waiter that
+ * began to wait last, so the stallers sent after the first one keep it
+ * from leading once they wait.
+ */
+static void *
+race_stall (void *arg)
+{
+  struct race_thread *t = arg;
+  struct engine_request req = {
+    .op = ENGINE_BLOCK_STATUS, .count = BLOCK, .offset = 0,
+    .context = LIBNBD_CONTEXT_BASE_ALLOCATION,
+  };
+  struct engine_result res;
+  int k = t->idx - RACE_READERS - RACE_WRITERS;
+
+  while (atomic_load (&progress) < 2 * RACE_READERS && !engine_is_dead (t->e))
+    sleep_ms (2);
+  while (atomic_load (&race_stalled) < k && !engine_is_dead (t->e))
+    sched_yield ();
+  atomic_fetch_add (&race_stalled, 1);
+  run (t->e, &req, &res);
+  free (req.entries);
+  CHECK (res.outcome == ENGINE_CONN_FAILED && res.timed_out,
+         "thread %d: block status ended %s timed_out %d, want CONN_FAILED, "
+         "timed out", t->idx, outcome_name (res.outcome), res.timed_out);
+  return NULL;
+}
+
+/* One round, on a server of its own: nbdkit 1.32 may abort (an assertion
+ * in raw_send_socket) once the connection has ended under its replies.
+ * Whether the window was exercised: a write that had been sent failed in
+ * it, and then a read still ended in it.
+ */
+static int
+race_round (int round, long *wrong, long *broken)
+{
+  static const char *const args[] = {
+    "--filter=error", "--filter=delay", "--filter=cow", "pattern", "64M",
+    "error-pwrite=EIO", "error-pwrite-rate=100%", "delay-extents=5", NULL
+  };
+  struct race_thread t[RACE_THREADS];
+  struct server s;
+  struct engine *e;
+  long read_after = 0, round_broken = 0;
+  int i;
+
+  atomic_store (&progress, 0);
+  atomic_store (&race_window, 0);
+  atomic_store (&race_failed, 0);
+  atomic_store (&race_stalled, 0);
+  /* Whichever command times out first (a staller's, or one the machine
+   * held back) ends the connection the widened way.
+   */
+  atomic_store (&race_widen, 1);
+  server_start (&s, "race", args);
+  e = new_engine (server_connect (&s), RACE_TIMEOUT_MS);
+  for (i = 0; i < RACE_THREADS; ++i) {
+    t[i] = (struct race_thread) {
+      .idx = i, .e = e,
+      .writer = i >= RACE_READERS && i < RACE_READERS + RACE_WRITERS,
+    };
+    if (pthread_create (&t[i].tid, NULL,
+                        i < RACE_READERS + RACE_WRITERS ? race_run :
+                        race_stall, &t[i]) != 0)
+      die ("pthread_create");
+  }
+  for (i = 0; i < RACE_THREADS; ++i) {
+    pthread_join (t[i].tid, NULL);
+    read_after += t[i].read_after;
+    round_broken += t[i].broken;
+    *wrong += t[i].wrong;
+  }
+  *broken += round_broken;
+  CHECK (round_broken == 0, "round %d: %ld reads failed before the engine "
+         "shut the socket down: the stream broke under libnbd", round,
+         round_broken);
+  CHECK (atomic_load (&race_window) == 2,
+         "round %d: the engine did not shut the socket down after the "
+         "timeout", round);
+  atomic_store (&race_widen, 0);
+  CHECK (engine_is_dead (e) == 1, "engine_is_dead is not 1 after a timeout");
+  close_dead (e);
+  server_stop (&s, SIGKILL);
+  return atomic_load (&race_failed) > 0 && read_after > 0;
+}
+
+static void
+scenario_race (void)
+{
+  long wrong = 0, broken = 0;
+  int i, exercised = 0;
+
+  scenario = "race";
+  for (i = 0; i < RACE_ROUNDS; ++i)
+    exercised += race_round (i, &wrong, &broken);
+  CHECK (exercised > 0, "in no round did a read end after a write had "
+         "failed in the widened window");
+  printf ("  race: %d threads, %d rounds, %d with reads after a write "
+          "failed in the window; %ld reads with wrong data, %ld broken\n",
+          RACE_THREADS, RACE_ROUNDS, exercised, wrong, broken);
+}
+
 static const char *const slow_server[] = {
   "--filter=delay", "memory", "64M", "delay-read=2", NULL
 };
@@ -924,6 +1260,9 @@ main (void)
   setvbuf (stdout, NULL, _IOLBF, 0);
   if (mkdtemp (tmpdir) == NULL)
     die ("mkdtemp: %m");
+  real_shutdown = (int (*) (int, int)) dlsym (RTLD_NEXT, "shutdown");
+  if (real_shutdown == NULL)
+    die ("dlsym shutdown: %s", dlerror ());
 
   if (wanted ("mixed"))
     scenario_mixed ();
@@ -936,11 +1275,13 @@ main (void)
     scenario_shutdown ();
   if (wanted ("close"))
     scenario_close ();
+  if (wanted ("race"))
+    scenario_race ();
 
   /* The servers' logs are kept when something failed. */
   if (atomic_load (&nr_failed) == 0) {
     static const char *const names[] = {
-      "mixed", "kill", "timeout", "shutdown", "close",
+      "mixed", "kill", "timeout", "shutdown", "close", "race",
     };
     char path[300];
 
