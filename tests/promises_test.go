@@ -53,6 +53,9 @@ def flush(i):
         return "failed"
 print(flush(0), flush(0), flush(1), flush(2))
 print(hs[0].pread(1, 0) == b"A", hs[1].pread(1, 65536) == b"B")
+h = nbd.NBD(); h.connect_unix(sys.argv[1])
+h.pwrite(b"C" * 512, 0); h.flush()
+print("new connection ok")
 `, proxy.sock)
 			c.expect(t, "written", 20*time.Second)
 			server.kill() // the cache dies with it
@@ -65,6 +68,8 @@ print(hs[0].pread(1, 0) == b"A", hs[1].pread(1, 65536) == b"B")
 			if got := c.expect(t, "", 10*time.Second); got != "False True" {
 				t.Fatalf("data after the restart (A lost, B flushed): %q", got)
 			}
+			// Connecting again starts afresh.
+			c.expect(t, "new connection ok", 10*time.Second)
 			if !strings.Contains(proxy.stderr.String(), "may have been lost with the server's write cache") {
 				t.Errorf("nbdkit did not say why the flush failed:\n%s", proxy.stderr.String())
 			}
@@ -217,25 +222,30 @@ func TestBlueGreenHandover(t *testing.T) {
 	endWorkload(t, w)
 }
 
-// slowWriteServer serves disk with nbdkit's eval plugin: the first write
-// waits until the file release exists before it is applied (and writes
-// the file applied after), every other request is served at once.
-func slowWriteServer(t *testing.T, disk string) (server *proc, release, applied string) {
-	need(t, "nbdkit-eval-plugin", "dd")
+// slowWriteArgs are the arguments of an nbdkit that serves disk with
+// its eval plugin: the first write waits until the file release exists
+// before it is applied (and writes the file applied after), every other
+// request is served at once.  The waiting script dies with its nbdkit
+// (setpriv --pdeathsig), so that an nbdkit killed has nothing left that
+// could still apply the write.
+func slowWriteArgs(t *testing.T, disk string) (args []string, release, applied string) {
+	need(t, "nbdkit-eval-plugin", "dd", "setpriv")
 	dir := t.TempDir()
 	mark := filepath.Join(dir, "first")
 	release, applied = filepath.Join(dir, "release"), filepath.Join(dir, "applied")
-	server = start(t, procOpts{}, "eval",
+	script := filepath.Join(dir, "pwrite.sh")
+	writeFile(t, script, fmt.Sprintf(`if [ ! -e %[1]s ]; then touch %[1]s; held=1
+  while [ ! -e %[2]s ]; do sleep 0.05; done; fi
+dd of=%[4]s seek=$4 oflag=seek_bytes conv=notrunc status=none
+if [ -n "$held" ]; then touch %[3]s; fi
+`, mark, release, applied, disk))
+	return []string{"eval",
 		"get_size=echo 1048576",
 		"thread_model=echo parallel",
 		"can_write=exit 0",
-		"pread=dd if="+disk+" skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none",
-		fmt.Sprintf("pwrite=if [ ! -e %[1]s ]; then touch %[1]s; held=1; "+
-			"while [ ! -e %[2]s ]; do sleep 0.05; done; fi; "+
-			"dd of=%[4]s seek=$4 oflag=seek_bytes conv=notrunc status=none; "+
-			"if [ -n \"$held\" ]; then touch %[3]s; fi",
-			mark, release, applied, disk))
-	return server, release, applied
+		"pread=dd if=" + disk + " skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none",
+		"pwrite=exec setpriv --pdeathsig KILL sh " + script + ` "$@"`,
+	}, release, applied
 }
 
 // Write A is not answered within timeout=1 (the server holds it): the
@@ -247,7 +257,8 @@ func slowWriteServer(t *testing.T, disk string) (server *proc, release, applied 
 func TestWriteInDoubtFencesLaterWrites(t *testing.T) {
 	need(t, pythonNbd)
 	disk := diskFile(t, 1<<20)
-	server, release, applied := slowWriteServer(t, disk)
+	args, release, applied := slowWriteArgs(t, disk)
+	server := start(t, procOpts{}, args...)
 	proxy := start(t, procOpts{}, plugin, "socket="+server.sock, "timeout=1", "reconnect-delay=10")
 	out := python(t, `
 import nbd, sys
@@ -279,6 +290,52 @@ print(write("A", 0), write("B", 0), write("C", 8192), write("B", 2048))
 		if !strings.Contains(proxy.stderr.String(), want) {
 			t.Errorf("nbdkit did not log %q:\n%s", want, proxy.stderr.String())
 		}
+	}
+}
+
+// A server that command= started ends the doubt over its writes when it
+// exits: write A times out (the server holds it), the connection ends,
+// the plugin kills that server and starts another, A is sent again, and
+// write B over A waits for the first server to be gone, then succeeds.
+// The first copy of A can no longer land: the disk holds B.
+func TestWriteInDoubtEndsWithItsServer(t *testing.T) {
+	need(t, pythonNbd)
+	disk := diskFile(t, 1<<20)
+	args, release, _ := slowWriteArgs(t, disk)
+	params := []string{"command=nbdkit", "arg=-f"}
+	for _, a := range args {
+		params = append(params, "arg="+a)
+	}
+	proxy := start(t, procOpts{}, append([]string{plugin, "timeout=1", "reconnect-delay=10"}, params...)...)
+	out := python(t, `
+import nbd, sys
+h = nbd.NBD(); h.connect_unix(sys.argv[1])
+def write(name, off):
+    try:
+        h.pwrite(name.encode() * 4096, off); return name + " ok"
+    except nbd.Error as e:
+        return name + " failed"
+print(write("A", 0), write("B", 0))
+`, proxy.sock)
+	if out != "A ok B ok\n" {
+		t.Fatalf("the client saw %q, want A resent and B sent once A's first server was gone", out)
+	}
+	// Nothing of the first server is left that could apply A: no
+	// process holds a write (the servers that took A's second copy and
+	// B have answered them).
+	script := filepath.Join(filepath.Dir(release), "pwrite.sh")
+	if n := processesWith(t, "sh\x00"+script); n != 0 {
+		t.Fatalf("%d processes still hold the first copy of A", n)
+	}
+	got, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:4096], bytes.Repeat([]byte("B"), 4096)) {
+		t.Fatalf("the disk holds %q, want B", got[:4])
+	}
+	if n := len(children(t, proxy.pid)); n != 1 {
+		t.Fatalf("the proxy has %d child processes, want its one current server", n)
 	}
 }
 
@@ -333,6 +390,26 @@ print(do("write", lambda: h.pwrite(b"A" * 4096, 0)), do("zero", lambda: h.zero(4
 	if out != "write ok zero failed" {
 		t.Fatalf("the client saw %q, want the write resent and the zero refused", out)
 	}
+}
+
+// processesWith counts the processes whose command line mentions s.
+func processesWith(t *testing.T, s string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil &&
+			bytes.Contains(b, []byte(s)) {
+			n++
+		}
+	}
+	return n
 }
 
 // procState is the state letter of /proc/PID/stat ("" if it is gone).
