@@ -57,6 +57,16 @@ func TestOpenWaitsForServer(t *testing.T) {
 		t.Run("shared="+shared, func(t *testing.T) {
 			server := start(t, procOpts{}, "memory", "1M")
 			proxy := start(t, procOpts{}, "-v", plugin, "socket="+server.sock, "reconnect-delay=10", "shared="+shared)
+			// A client is served first: the proxy works (with
+			// shared=true it has made its connection, which it does
+			// only after nbdkit listens) before the server goes away.
+			readOne := `
+import nbd, sys
+h = nbd.NBD(); h.connect_unix(sys.argv[1]); print(len(h.pread(4096, 0)))
+`
+			if out := python(t, readOne, proxy.sock); strings.TrimSpace(out) != "4096" {
+				t.Fatalf("the first client saw %q", out)
+			}
 			server.kill()
 			// -v: a client's connection that finds no server says it
 			// tries again; a request on the shared one, that it
@@ -66,10 +76,7 @@ func TestOpenWaitsForServer(t *testing.T) {
 				waiting = reconnecting
 			}
 			before := proxy.stderrCount(waiting)
-			client := startPython(t, `
-import nbd, sys
-h = nbd.NBD(); h.connect_unix(sys.argv[1]); print(len(h.pread(4096, 0)))
-`, proxy.sock)
+			client := startPython(t, readOne, proxy.sock)
 			proxy.waitStderr(t, waiting, before+1, time.Minute, client.proc)
 			server.relaunch()
 			if out := client.rest(t, time.Minute); strings.TrimSpace(out) != "4096" {
