@@ -162,6 +162,13 @@ h = nbd.NBD(); h.connect_unix(sys.argv[1]); h.pwrite(bytes([1]) * 65536, 0)
 					rss = procStatus(t, proxy.pid, "VmRSS")
 				}
 			}
+			// A replaced connection is closed in the background, and
+			// with command= its server reaped then: wait for it (a
+			// zombie never reaped fails here).
+			waitFor(t, 30*time.Second, "the replaced connections to be closed", func() bool {
+				return zombies(t, proxy.pid) == 0 && countDir(t, proxy.pid, "fd") <= fds+2 &&
+					countDir(t, proxy.pid, "task") <= threads+4
+			}, proxy)
 			nfds, nthreads := countDir(t, proxy.pid, "fd"), countDir(t, proxy.pid, "task")
 			nrss, nz := procStatus(t, proxy.pid, "VmRSS"), zombies(t, proxy.pid)
 			t.Logf("%d restarts: fds %d -> %d, threads %d -> %d, RSS %d -> %d kB, zombies %d",
