@@ -246,6 +246,18 @@ if [ -n "$held" ]; then touch %[3]s; fi
 	}, release, applied
 }
 
+// writes is the start of a client that writes 4 KiB blocks of a letter:
+// write(letter, offset) says "letter ok" or "letter failed".
+const writes = `
+import nbd, sys
+h = nbd.NBD(); h.connect_unix(sys.argv[1])
+def write(name, off):
+    try:
+        h.pwrite(name.encode() * 4096, off); return name + " ok"
+    except nbd.Error as e:
+        return name + " failed"
+`
+
 // Write A is not answered within timeout=1 (the server holds it): the
 // connection ends, and A is sent again on a new one and acknowledged
 // (the same bytes again).  The server may still apply the first copy,
@@ -258,16 +270,7 @@ func TestWriteInDoubtFencesLaterWrites(t *testing.T) {
 	args, release, applied := slowWriteArgs(t, disk)
 	server := start(t, procOpts{}, args...)
 	proxy := start(t, procOpts{}, plugin, "socket="+server.sock, "timeout=1", "reconnect-delay=10")
-	out := python(t, `
-import nbd, sys
-h = nbd.NBD(); h.connect_unix(sys.argv[1])
-def write(name, off):
-    try:
-        h.pwrite(name.encode() * 4096, off); return name + " ok"
-    except nbd.Error as e:
-        return name + " failed"
-print(write("A", 0), write("B", 0), write("C", 8192), write("B", 2048))
-`, proxy.sock)
+	out := python(t, writes+`print(write("A", 0), write("B", 0), write("C", 8192), write("B", 2048))`, proxy.sock)
 	if out != "A ok B failed C ok B failed\n" {
 		t.Fatalf("the client saw %q, want A and C to succeed and both writes over A to fail", out)
 	}
@@ -303,16 +306,7 @@ func TestWriteInDoubtEndsWithItsServer(t *testing.T) {
 		params = append(params, "arg="+a)
 	}
 	proxy := start(t, procOpts{}, append([]string{plugin, "timeout=1", "reconnect-delay=10"}, params...)...)
-	out := python(t, `
-import nbd, sys
-h = nbd.NBD(); h.connect_unix(sys.argv[1])
-def write(name, off):
-    try:
-        h.pwrite(name.encode() * 4096, off); return name + " ok"
-    except nbd.Error as e:
-        return name + " failed"
-print(write("A", 0), write("B", 0))
-`, proxy.sock)
+	out := python(t, writes+`print(write("A", 0), write("B", 0))`, proxy.sock)
 	if out != "A ok B ok\n" {
 		t.Fatalf("the client saw %q, want A resent and B sent once A's first server was gone", out)
 	}
