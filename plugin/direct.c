@@ -58,8 +58,6 @@ struct link {
   struct engine *engine;
   uint64_t gen;                 /* 1 for the path's first connection */
   struct fate *fate;            /* of its writes in doubt (doubt.h) */
-  int64_t timeout_ms;           /* bounds closing it */
-  int server_exits;             /* closing it ends its server */
   int refs;                     /* the path's own, plus one per request */
   int logged;                   /* its failure has been logged */
 };
@@ -128,22 +126,20 @@ link_new (struct path *p, struct engine *e)
   }
   l->engine = e;
   l->gen = ++p->last_gen;
-  l->timeout_ms = p->timeout_ms;
-  l->server_exits = p->server_exits;
   l->refs = 1;
   l->logged = 0;
   return l;
 }
 
-/* Close l's connection.  Once engine_close has returned, a server that
+/* Close p's connection l.  Once engine_close has returned, a server that
  * libnbd started has exited (nbd_close waits for it), so nothing it was
  * sent can still land.
  */
 static void
-link_close (struct link *l)
+link_close (struct path *p, struct link *l)
 {
-  engine_close (l->engine, l->timeout_ms);
-  if (l->server_exits)
+  engine_close (l->engine, p->timeout_ms);
+  if (p->server_exits)
     fate_end (l->fate);
   fate_put (l->fate);
   free (l);
@@ -169,7 +165,7 @@ close_in_background (void *arg)
 {
   struct closer *c = arg;
 
-  link_close (c->link);
+  link_close (c->path, c->link);
   closed_one (c->path);
   free (c);
   return NULL;
@@ -202,7 +198,7 @@ retire (struct path *p, struct link *l)
   }
   if (err != 0) {               /* no thread: close it here */
     free (c);
-    link_close (l);
+    link_close (p, l);
     closed_one (p);
   }
 }
@@ -653,7 +649,7 @@ path_free (struct path *p)
   while (p->closing > 0)
     pthread_cond_wait (&p->changed, &p->lock);
   pthread_mutex_unlock (&p->lock);
-  link_close (p->cur);
+  link_close (p, p->cur);
   pthread_mutex_destroy (&p->lock);
   pthread_cond_destroy (&p->changed);
   free (p);

@@ -301,8 +301,8 @@ on_extent (void *user_data, const char *metacontext, uint64_t offset,
 
 /* Hand c to libnbd; the caller holds io_lock.  A command is refused
  * (never sent) once the connection is being ended or the server is
- * shutting down, or when libnbd says no; libnbd's error is read here, in the thread that made the call.  c
- * may be gone once it is DONE.
+ * shutting down, or when libnbd says no; libnbd's error is read here,
+ * in the thread that made the call.  c may be gone once it is DONE.
  */
 static void
 issue (struct engine *e, struct cmd *c)
