@@ -65,9 +65,10 @@ const (
 // field has the meaning of the nbdkit callback of the same name
 // (nbdkit-plugin(3)): Load is load, GetSize is get_size, and so on.
 // Open, GetSize and PRead are required (PRead unless DirectOps names
-// "pread"), as nbdkit requires them; the others may be nil.  A callback returning an error makes nbdkit fail the call: the
-// error's text is logged with nbdkit_error and its errno (see the
-// package documentation) goes to the client.  Which process runs each
+// "pread"), as nbdkit requires them; the others may be nil.  A callback
+// returning an error makes nbdkit fail the call: the error's text is
+// logged with nbdkit_error and its errno (see the package
+// documentation) goes to the client.  Which process runs each
 // callback, when, and which must be repeatable: the package
 // documentation, "What runs when, and in which process".
 type Plugin[H any] struct {
