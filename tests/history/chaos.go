@@ -437,6 +437,9 @@ func (ch *chaos) endOfFile(c *conn) {
 	ch.end("the proxy ended the connections of the %d hung writes", len(a.hung))
 }
 
+// endSeen: the server has seen connection c end (its endAt is set).
+func (ch *chaos) endSeen(c *conn) {}
+
 // heal ends the chaos for the final phase: an episode under way ends
 // (a stopped instance resumes with what it read).
 func (ch *chaos) heal() {

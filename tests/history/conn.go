@@ -19,13 +19,26 @@ type conn struct {
 	inst     *instance
 	id       int
 	nc       *net.UnixConn
+	copy     int // the instance process's copy of it (proc.go)
 	noZeroes bool
 	hangs    bool       // it holds a hung write: at the end of file, close first
 	eof      bool       // the proxy has ended it
 	out      [][]byte   // replies to send
 	held     []*request // read, not yet answered
+	inbox    []inItem   // read from the socket, not yet taken by the instance
 	closing  bool       // close once out is sent
 	closed   bool
+	// endAt is when the server first saw the connection end: the
+	// proxy's end of file reached the socket, or the server closed it
+	// (CLOCK_MONOTONIC; 0: it has not ended).  quiesce-time counts from
+	// it.
+	endAt int64
+}
+
+// An inItem is a request read from the socket, or how reading ended.
+type inItem struct {
+	r   *request
+	err error
 }
 
 // A request is one NBD request as the server read it.
@@ -85,20 +98,52 @@ func (c *conn) serve() {
 		return
 	}
 	go c.writer()
+	go c.reader()
 	for {
-		r, err := c.readRequest()
 		s.mu.Lock()
+		for len(c.inbox) == 0 && !c.closed && !s.closed && c.inst.state != dead {
+			s.cond.Wait()
+		}
 		if !c.waitRunning() {
 			s.mu.Unlock()
 			return
 		}
-		if err != nil {
-			s.endOfFile(c, err)
+		it := c.inbox[0]
+		c.inbox = c.inbox[1:]
+		if it.err != nil {
+			s.endOfFile(c, it.err)
 			s.mu.Unlock()
 			return
 		}
-		s.onRequest(c, r)
+		s.onRequest(c, it.r)
 		s.mu.Unlock()
+	}
+}
+
+// reader reads the socket ahead of the instance, which takes what it
+// read in order (serve), not while it is stopped: so that the server
+// knows when the proxy ended the connection (endAt) even then, which
+// quiesce-time counts from.  What is in the inbox, the instance has not
+// read (a stopped one reads nothing): as if it were in the socket.
+func (c *conn) reader() {
+	s := c.inst.s
+	for {
+		r, err := c.readRequest()
+		s.mu.Lock()
+		if c.closed {
+			s.mu.Unlock()
+			return
+		}
+		if err != nil && c.endAt == 0 {
+			c.endAt = mono()
+			s.chaos.endSeen(c)
+		}
+		c.inbox = append(c.inbox, inItem{r, err})
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -320,7 +365,11 @@ func (c *conn) closeNow(why string) {
 	}
 	s := c.inst.s
 	c.closed = true
-	c.nc.Close()
+	if c.endAt == 0 {
+		c.endAt = mono()
+	}
+	shutdownConn(c.nc)
+	c.inst.proc.closeCopy(c.copy)
 	delete(c.inst.conns, c)
 	for _, r := range c.held {
 		r.done = true
@@ -334,6 +383,8 @@ func (c *conn) closeNow(why string) {
 		s.logf(c.inst, c, "closes (%s)", why)
 	}
 	c.held = nil
+	c.inbox = nil
+	c.inst.exitIfIdle()
 	s.cond.Broadcast()
 }
 

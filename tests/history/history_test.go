@@ -26,6 +26,15 @@ const defaultSchedules = 20
 // maxReports bounds the violations reported in full per schedule.
 const maxReports = 4
 
+// TestMain runs the tests, or, in an instance's process (proc.go), the
+// instance.
+func TestMain(m *testing.M) {
+	if sock := os.Getenv(instanceEnv); sock != "" {
+		instanceMain(sock)
+	}
+	os.Exit(m.Run())
+}
+
 func TestHistory(t *testing.T) {
 	run := Run{Plugin: os.Getenv("HISTORY_PLUGIN"), Features: ProxyFeatures{ReconnectDelay: true, Timeout: true, InDoubt: true}}
 	switch run.Plugin {

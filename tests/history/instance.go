@@ -8,12 +8,15 @@ import (
 )
 
 // An instance is one server process on the storage: its own socket,
-// connections and (write-back) cache.
+// connections and (write-back) cache.  The process (proc.go) listens and
+// holds a copy of each connection; what it does with them, the test
+// process does.
 type instance struct {
 	s        *Server
 	id       int
 	sock     string
-	ln       *net.UnixListener
+	proc     *instProc
+	exitIdle bool           // its graceful shutdown is done: the process exits once no connection is left
 	cache    map[int][]byte // write-back: blocks acknowledged, not yet on the storage
 	dirtyBy  map[*conn]int  // blocks each connection put in the cache
 	conns    map[*conn]bool
@@ -41,27 +44,33 @@ const (
 // requests to answer with ESHUTDOWN when none come.
 const shutdownLinger = 50 * time.Millisecond
 
-// accept takes the instance's connections until its socket closes.
-func (in *instance) accept() {
+// accepted takes a connection the instance's process accepted (copy
+// names the process's own copy of it).
+func (in *instance) accepted(nc *net.UnixConn, copy int) {
 	s := in.s
-	for {
-		nc, err := in.ln.AcceptUnix()
-		if err != nil {
-			return
-		}
-		s.mu.Lock()
-		if in.state == dead || in.state == shuttingDown || s.closed {
-			nc.Close()
-			s.mu.Unlock()
-			continue
-		}
-		s.nextConn++
-		c := &conn{inst: in, id: s.nextConn, nc: nc}
-		in.conns[c] = true
-		s.logf(in, c, "connection accepted")
-		s.chaos.accepted(in)
-		s.mu.Unlock()
-		go c.serve()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if in.state == dead || in.state == shuttingDown || s.closed {
+		shutdownConn(nc)
+		in.proc.closeCopy(copy)
+		return
+	}
+	s.nextConn++
+	c := &conn{inst: in, id: s.nextConn, nc: nc, copy: copy}
+	in.conns[c] = true
+	s.logf(in, c, "connection accepted")
+	s.chaos.accepted(in)
+	go c.serve()
+}
+
+// exitIfIdle ends the process of an instance whose graceful shutdown is
+// done, once its last connection has closed: as nbdkit exits after
+// SIGTERM.  Only then may the plugin learn of its exit.
+func (in *instance) exitIfIdle() {
+	if in.exitIdle && len(in.conns) == 0 && in.proc.alive() {
+		in.exitIdle = false
+		in.proc.exit()
+		in.s.logKey(in, nil, "process %d exits", in.proc.pid())
 	}
 }
 
@@ -84,11 +93,13 @@ func (in *instance) resume(why string) {
 
 // die ends the instance at once, as a crash (kill -9) does: its
 // connections close abruptly, and its cache, its held requests and its
-// late writes are lost.
+// late writes are lost.  In that order: it is dead first (nothing of it
+// is carried out from then on), its connections end, and then its
+// process is killed, so that once the plugin can learn of the death
+// nothing of the instance can land any more.
 func (in *instance) die(why string) {
 	s := in.s
 	in.state = dead
-	in.ln.Close()
 	for c := range in.conns {
 		c.closeNow("the instance died")
 	}
@@ -102,7 +113,9 @@ func (in *instance) die(why string) {
 	if in.shutdownTimer != nil {
 		in.shutdownTimer.Stop()
 	}
-	s.logKey(in, nil, "dies (%s); %d cached blocks lost", why, lost)
+	in.exitIdle = false
+	in.proc.kill()
+	s.logKey(in, nil, "dies (%s): process %d killed; %d cached blocks lost", why, in.proc.pid(), lost)
 	s.cond.Broadcast()
 }
 
@@ -114,7 +127,7 @@ func (in *instance) die(why string) {
 func (in *instance) beginShutdown(left int) {
 	s := in.s
 	in.state = shuttingDown
-	in.ln.Close()
+	in.proc.unlisten()
 	fail := s.rng.Intn(2) == 0
 	held := "complete"
 	if fail {
@@ -172,6 +185,8 @@ func (in *instance) finishShutdown() {
 	}
 	in.state = dead
 	s.logKey(in, nil, "graceful shutdown done: closed")
+	in.exitIdle = true
+	in.exitIfIdle()
 	s.cond.Broadcast()
 	if f := in.onClosed; f != nil {
 		in.onClosed = nil
@@ -223,7 +238,9 @@ func (in *instance) resumeReplaced(why string) {
 	for _, r := range late {
 		s.addLate(in, r)
 	}
+	// Its process lives on, to land them: the plugin must keep them in
+	// doubt.
 	in.state = dead
-	in.ln.Close()
+	in.proc.unlisten()
 	s.cond.Broadcast()
 }

@@ -5,7 +5,6 @@ package history
 import (
 	"fmt"
 	"math/rand"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -146,27 +145,29 @@ func (s *Server) startInstance() (*instance, error) {
 	s.nextInst++
 	in := &instance{s: s, id: s.nextInst, conns: map[*conn]bool{}, cache: map[int][]byte{}, dirtyBy: map[*conn]int{}}
 	in.sock = filepath.Join(s.dir, fmt.Sprintf("i%d.sock", in.id))
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: in.sock, Net: "unix"})
+	// Its process listens before the link leads to it.  (s.mu is held
+	// while it starts, a few milliseconds: the server does nothing
+	// meanwhile, which a slow server may do.)
+	p, err := startProc(in.sock, in.accepted)
 	if err != nil {
 		return nil, err
 	}
-	in.ln = ln
+	in.proc = p
 	// The switch is atomic (rename over the link): a dial reaches the
 	// old instance or the new one, never nothing.
 	tmp := s.link + ".new"
 	os.Remove(tmp)
 	if err := os.Symlink(in.sock, tmp); err != nil {
-		ln.Close()
+		p.kill()
 		return nil, err
 	}
 	if err := os.Rename(tmp, s.link); err != nil {
-		ln.Close()
+		p.kill()
 		return nil, err
 	}
 	s.insts = append(s.insts, in)
 	s.cur = in
-	s.logf(in, nil, "instance %d starts on %s", in.id, in.sock)
-	go in.accept()
+	s.logf(in, nil, "instance %d (process %d) starts on %s", in.id, p.pid(), in.sock)
 	return in, nil
 }
 
@@ -465,18 +466,31 @@ func (s *Server) Storage() []byte {
 	return append([]byte(nil), s.storage...)
 }
 
-// Close kills every instance; the storage stays readable.
+// Close kills every instance and its process (a replaced one, or one
+// whose graceful shutdown is done, may live on until then) and waits
+// for the processes to be reaped; the storage stays readable.
 func (s *Server) Close() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
 	s.chaos.heal()
+	var procs []*instProc
 	for _, in := range s.insts {
 		if in.state != dead {
 			in.die("the end of the run")
 		}
+		in.proc.kill()
+		procs = append(procs, in.proc)
 	}
 	s.cond.Broadcast()
+	s.mu.Unlock()
+	limit := time.After(procStartLimit)
+	for _, p := range procs {
+		select {
+		case <-p.exited:
+		case <-limit:
+			return
+		}
+	}
 }
 
 // LateLeft is how many late writes have neither landed nor been lost
