@@ -237,8 +237,14 @@ func (a *active) onRequest(ch *chaos, c *conn, r *request) bool {
 		in.stop("stop-replace")
 		in.replace()
 		// A newer write is one the proxy sent once it may have given up
-		// on the stopped instance's: after timeout and reconnect-delay.
+		// on the stopped instance's: after timeout and reconnect-delay;
+		// with quiesce-time, after timeout (the plugin holds every write
+		// over the bytes until its quiesce-time passed: one it sends
+		// earlier shows a doubt that ended early).
 		a.armed = mono() + int64(sc.Timeout+sc.ReconnectDelay)
+		if sc.Quiesce > 0 {
+			a.armed = mono() + int64(sc.Timeout)
+		}
 		a.passed, a.picky = ch.rng.Intn(latePass), pickyPass
 		ch.after(a, 2*sc.Timeout+sc.ReconnectDelay+stopSlack, func() {
 			ch.resumeReplaced("its time is up")
@@ -438,7 +444,22 @@ func (ch *chaos) endOfFile(c *conn) {
 }
 
 // endSeen: the server has seen connection c end (its endAt is set).
-func (ch *chaos) endSeen(c *conn) {}
+// With quiesce-time, a stopped, replaced instance whose held write came
+// on c resumes just before quiesce-time passes, the latest it may land
+// that write (server.go): so the stop keeps to quiesce-time, and a
+// plugin whose doubt ended early has had all that time to send a newer
+// write.
+func (ch *chaos) endSeen(c *conn) {
+	a, sc := ch.act, ch.s.sched
+	if a == nil || a.kind != StopReplace || a.target == nil || a.target.c != c || sc.Quiesce == 0 {
+		return
+	}
+	d := sc.quiesceWindow() - quiesceEdge
+	if d < 0 {
+		d = 0
+	}
+	ch.after(a, d, func() { ch.resumeReplaced("quiesce-time is about to pass") })
+}
 
 // heal ends the chaos for the final phase: an episode under way ends
 // (a stopped instance resumes with what it read).

@@ -56,6 +56,7 @@ type request struct {
 	recv   int64   // when it was read (CLOCK_MONOTONIC)
 
 	applied bool
+	dropped bool        // not carried out: quiesce-time had passed (Server.apply)
 	done    bool        // answered, or given up with its connection
 	release int         // instance request count that releases it; 0: none
 	timer   *time.Timer // releases it at the latest
@@ -447,7 +448,10 @@ func (s *Server) process(r *request, why string) {
 	in := r.c.inst
 	switch {
 	case r.writeLike():
-		s.apply(in, r, why)
+		if !s.apply(in, r, why) {
+			r.done = true // unanswered: see apply
+			return
+		}
 	case r.typ == nbdCmdFlush:
 		if s.sched.WriteBack && !in.replaced {
 			s.writeBack(in, "flush")
@@ -522,6 +526,9 @@ func (s *Server) reply(r *request, errno uint32) {
 	c := r.c
 	if c.closed {
 		return
+	}
+	if errno != 0 {
+		s.errReplies[errorReplyName(errno)]++
 	}
 	var data []byte
 	if r.typ == nbdCmdRead && errno == 0 {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -47,7 +48,7 @@ func TestHistory(t *testing.T) {
 	case CPlugin:
 		run.Features = ProxyFeatures{}
 	case "none":
-		run.Plugin, run.Features = "", ProxyFeatures{InDoubt: true}
+		run.Plugin, run.Features = "", ProxyFeatures{InDoubt: true, Quiesce: true}
 	default:
 		p, err := filepath.Abs(run.Plugin)
 		if err != nil {
@@ -60,6 +61,11 @@ func TestHistory(t *testing.T) {
 		if _, err := os.Stat(run.Plugin); err != nil {
 			t.Fatalf("%s is not built: run make first", run.Plugin)
 		}
+		f, err := detectFeatures(run.Plugin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run.Features = f
 	}
 	seeds := campaignSeeds(t)
 	results := make([]*Result, len(seeds))
@@ -127,17 +133,18 @@ var printMu sync.Mutex
 
 // progress prints one line per schedule as it ends.
 func progress(res *Result) {
-	failed := 0
-	for _, o := range res.History.Ops {
-		if o.failed() {
-			failed++
-		}
+	failed := fmt.Sprintf("%d failed", res.failedOps())
+	if res.FailCauses.Total > 0 {
+		failed += ": " + res.FailCauses.String()
 	}
 	printMu.Lock()
 	defer printMu.Unlock()
-	fmt.Printf("seed %d: %.1fs, %d ops (%d failed), %d violations, %d failures; %v %v\n",
+	fmt.Printf("seed %d: %.1fs, %d ops (%s), %d violations, %d failures; %v %v\n",
 		res.Sched.Seed, res.Duration.Seconds(), len(res.History.Ops), failed, len(res.Violations),
 		len(res.Failures), res.Sched.ProxyParams(), kinds(res.Sched))
+	for _, n := range res.Notes {
+		fmt.Printf("seed %d: note: %s\n", res.Sched.Seed, strings.SplitN(n, "\n", 2)[0])
+	}
 }
 
 func kinds(s *Schedule) []EpisodeKind {

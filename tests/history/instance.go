@@ -100,6 +100,7 @@ func (in *instance) resume(why string) {
 func (in *instance) die(why string) {
 	s := in.s
 	in.state = dead
+	in.proc.dying()
 	for c := range in.conns {
 		c.closeNow("the instance died")
 	}
@@ -144,9 +145,8 @@ func (in *instance) beginShutdown(left int) {
 		}
 	}
 	for _, lw := range s.late {
-		if lw.inst == in && !lw.done {
+		if lw.inst == in && s.landLate(lw, "the instance shuts down") {
 			s.lateStats.Shutdown++
-			s.landLate(lw, "the instance shuts down")
 		}
 	}
 	in.shutdownLeft = left

@@ -199,6 +199,13 @@ func (p *instProc) receive(accepted func(nc *net.UnixConn, id int)) {
 			n, oobn, _, _, rerr = syscall.Recvmsg(int(fd), buf, oob, syscall.MSG_CMSG_CLOEXEC)
 			return rerr != syscall.EAGAIN
 		})
+		// A process that died with control messages unread leaves
+		// ECONNRESET, once; what it sent before is still to be read
+		// (connections it accepted: they must be closed, or their
+		// clients wait for ever).  Then the end of file.
+		if rerr == syscall.ECONNRESET {
+			continue
+		}
 		if err != nil || rerr != nil || n == 0 {
 			return
 		}
@@ -261,6 +268,13 @@ func (p *instProc) unlisten() { p.send("unlisten") }
 // is done does.
 func (p *instProc) exit() {
 	p.send("exit")
+	p.mu.Lock()
+	p.gone = true
+	p.mu.Unlock()
+}
+
+// dying: the process is about to be killed: nothing more is sent to it.
+func (p *instProc) dying() {
 	p.mu.Lock()
 	p.gone = true
 	p.mu.Unlock()

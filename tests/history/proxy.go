@@ -16,6 +16,20 @@ import (
 // has neither reconnect-delay= nor timeout=.
 const CPlugin = "nbd"
 
+// detectFeatures asks the plugin (nbdkit PLUGIN --help) which of the
+// newer parameters it has: an older build, such as d21d603, runs the
+// schedules it can.
+func detectFeatures(plugin string) (ProxyFeatures, error) {
+	f := ProxyFeatures{ReconnectDelay: true, Timeout: true, InDoubt: true}
+	out, err := exec.Command("nbdkit", plugin, "--help").CombinedOutput()
+	if err != nil {
+		return f, fmt.Errorf("nbdkit %s --help: %v: %s", plugin, err, out)
+	}
+	f.Quiesce = strings.Contains(string(out), "quiesce-time")
+	f.RepairMemory = strings.Contains(string(out), "repair-memory")
+	return f, nil
+}
+
 // proxyStartLimit bounds how long nbdkit may take to listen.
 const proxyStartLimit = 10 * time.Second
 

@@ -45,6 +45,7 @@ func (res *Result) Report(v Violation) string {
 		ids = append(ids, h.Final[v.Block])
 	}
 	b.WriteString(res.causeText(v))
+	b.WriteString(res.failText())
 	b.WriteString(res.logText(v.Block, ids))
 	if res.ProxyStderr != "" {
 		fmt.Fprintf(&b, "  nbdkit's stderr (tail):\n%s\n", indent(res.ProxyStderr, "    "))
@@ -99,6 +100,7 @@ func (res *Result) Dump() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "schedule: %s\n", res.Sched)
 	b.WriteString(res.episodesText(res.History.T0))
+	b.WriteString(res.failText())
 	b.WriteString("ops:\n")
 	for _, o := range res.History.Ops {
 		fmt.Fprintf(&b, "  %s\n", o.describe(res.History.T0))

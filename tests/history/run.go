@@ -51,6 +51,10 @@ type Result struct {
 	Clients     int // client connections made
 	ConnFails   int // failed connection attempts
 	Late        LateStats
+	// FailCauses: the failed requests by cause, from nbdkit's log;
+	// ErrorReplies: the server's error replies, by why.
+	FailCauses   FailCauses
+	ErrorReplies map[string]int
 }
 
 // Execute runs the schedule and checks its history.
@@ -135,6 +139,7 @@ func (run Run) Execute() (*Result, error) {
 			res.Failures = append(res.Failures, fmt.Sprintf("nbdkit exited with %v", px.err))
 		}
 		res.ProxyStderr = px.tail(proxyTail)
+		res.FailCauses = countFailCauses(px.stderr.String())
 	}
 	// Every late write has landed (Heal) or was lost with its instance
 	// before the storage is read.
@@ -142,6 +147,7 @@ func (run Run) Execute() (*Result, error) {
 		res.Failures = append(res.Failures, fmt.Sprintf("the server still held %d late writes at the end", n))
 	}
 	res.Late = srv.Late()
+	res.ErrorReplies = srv.ErrorReplies()
 	srv.Close()
 
 	h := &History{T0: t0, Flush: sched.Flush, Timeout: int64(sched.Timeout)}
@@ -177,6 +183,7 @@ func (run Run) Execute() (*Result, error) {
 		res.Failures = append(res.Failures, "the proxy broke the protocol: "+e)
 	}
 	res.History = h
+	res.checkNoFailedOps(run.Features)
 	res.Violations = Check(h)
 	res.Episodes = srv.Episodes()
 	res.Log = srv.Log()

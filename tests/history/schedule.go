@@ -21,9 +21,14 @@ type Schedule struct {
 	Shared         bool          // proxy's shared=true
 	ReconnectDelay time.Duration // proxy's reconnect-delay=, 0: off
 	Timeout        time.Duration // proxy's timeout=, 0: off
-	Depths         []int         // requests in flight, per client
-	Flush          bool          // the server advertises flush
-	WriteBack      bool          // the server has a volatile cache
+	// Quiesce is the proxy's quiesce-time= (0: not set), which the
+	// server keeps to (server.go); RepairMemory its repair-memory= (""
+	// not set: the default).
+	Quiesce      time.Duration
+	RepairMemory string
+	Depths       []int // requests in flight, per client
+	Flush        bool  // the server advertises flush
+	WriteBack    bool  // the server has a volatile cache
 	// InDoubt: the server may apply a write it read on a connection at
 	// any time after the connection closed unanswered (ProxyFeatures).
 	InDoubt  bool
@@ -99,7 +104,18 @@ const maxEpisodes = 4
 // nothing to land later.
 type ProxyFeatures struct {
 	ReconnectDelay, Timeout, InDoubt bool
+	// The proxy has quiesce-time= and repair-memory= (its --help says
+	// so: detectFeatures).
+	Quiesce, RepairMemory bool
 }
+
+// The values drawn for quiesce-time= and repair-memory=: none shorter
+// than quiesceMargin (server.go), 0 (keep nothing), small enough that
+// the plugin's own flushes come often, and the default.
+var (
+	quiesceTimes  = []time.Duration{300 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second}
+	repairMemorys = []string{"", "0", "64K"}
+)
 
 // NewSchedule draws the schedule of a seed.
 func NewSchedule(seed int64, f ProxyFeatures) *Schedule {
@@ -128,7 +144,26 @@ func NewSchedule(seed int64, f ProxyFeatures) *Schedule {
 		s.Episodes = append(s.Episodes, Episode{Kind: kinds[rng.Intn(len(kinds))], After: 100 + rng.Intn(600)})
 	}
 	s.EndAfter = 300 + rng.Intn(700)
+	// Drawn apart, so that a seed draws the same schedule otherwise
+	// whether the proxy has them or not (an older build, the C plugin).
+	xr := rand.New(rand.NewSource(seed ^ 0x9e1e5))
+	if f.Quiesce && xr.Intn(10) < 4 {
+		s.Quiesce = quiesceTimes[xr.Intn(len(quiesceTimes))]
+	}
+	if f.RepairMemory {
+		s.RepairMemory = repairMemorys[xr.Intn(len(repairMemorys))]
+	}
 	return s
+}
+
+// quiesceWindow is how long after the server saw a connection end it
+// may still carry out what it read there, with quiesce-time set
+// (server.go).
+func (s *Schedule) quiesceWindow() time.Duration {
+	if w := s.Quiesce - quiesceMargin; w > 0 {
+		return w
+	}
+	return 0
 }
 
 // possibleEpisodes lists the kinds this schedule's parameters allow,
@@ -160,6 +195,12 @@ func (s *Schedule) ProxyParams() []string {
 	}
 	if s.Timeout > 0 {
 		p = append(p, "timeout="+seconds(s.Timeout))
+	}
+	if s.Quiesce > 0 {
+		p = append(p, "quiesce-time="+seconds(s.Quiesce))
+	}
+	if s.RepairMemory != "" {
+		p = append(p, "repair-memory="+s.RepairMemory)
 	}
 	return p
 }

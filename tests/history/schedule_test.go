@@ -45,8 +45,31 @@ func TestSchedules(t *testing.T) {
 		}
 	}
 	for seed := int64(1); seed <= 100; seed++ {
-		if s := NewSchedule(seed, ProxyFeatures{}); s.Timeout != 0 || s.ReconnectDelay != 0 || s.InDoubt {
+		if s := NewSchedule(seed, ProxyFeatures{}); s.Timeout != 0 || s.ReconnectDelay != 0 || s.InDoubt ||
+			s.Quiesce != 0 || s.RepairMemory != "" {
 			t.Errorf("seed %d: parameters the proxy has not: %v", seed, s.ProxyParams())
 		}
+	}
+	// quiesce-time= and repair-memory= are drawn apart: a seed draws the
+	// same schedule otherwise, for a proxy with them or without.
+	newer := all
+	newer.Quiesce, newer.RepairMemory = true, true
+	quiesce, repair := 0, map[string]int{}
+	for seed := int64(1); seed <= 500; seed++ {
+		s := NewSchedule(seed, newer)
+		if s.Quiesce > 0 {
+			quiesce++
+			if s.Quiesce <= quiesceMargin {
+				t.Errorf("seed %d: quiesce-time=%v, no longer than the margin %v", seed, s.Quiesce, quiesceMargin)
+			}
+		}
+		repair[s.RepairMemory]++
+		s.Quiesce, s.RepairMemory = 0, ""
+		if !reflect.DeepEqual(s, NewSchedule(seed, all)) {
+			t.Fatalf("seed %d draws another schedule when the proxy has quiesce-time= and repair-memory=", seed)
+		}
+	}
+	if quiesce == 0 || repair[""] == 0 || repair["0"] == 0 || repair["64K"] == 0 {
+		t.Errorf("of 500 seeds: quiesce-time %d, repair-memory %v", quiesce, repair)
 	}
 }

@@ -26,21 +26,22 @@ type Server struct {
 	size  int64
 	flags uint16
 
-	storage   []byte // stable storage: survives every instance
-	insts     []*instance
-	cur       *instance
-	late      []*lateWrite // writes of closed connections, to land later
-	lateStats LateStats
-	writes    map[int]int // writes acknowledged, per block
-	maxWrites int
-	nextInst  int
-	nextConn  int
-	requests  int  // requests seen, every instance
-	calm      bool // the final phase: every request served at once
-	closed    bool
-	chaos     *chaos
-	log       []logEntry
-	protoErrs []string // what the proxy sent that NBD does not allow
+	storage    []byte // stable storage: survives every instance
+	insts      []*instance
+	cur        *instance
+	late       []*lateWrite // writes of closed connections, to land later
+	lateStats  LateStats
+	writes     map[int]int // writes acknowledged, per block
+	maxWrites  int
+	nextInst   int
+	nextConn   int
+	requests   int  // requests seen, every instance
+	calm       bool // the final phase: every request served at once
+	closed     bool
+	chaos      *chaos
+	log        []logEntry
+	protoErrs  []string       // what the proxy sent that NBD does not allow
+	errReplies map[string]int // error replies sent, by errorReplyName
 }
 
 // A lateWrite is a write an instance read on a connection that has
@@ -54,6 +55,7 @@ type lateWrite struct {
 	inst      *instance
 	done      bool
 	closed    int64 // when its connection closed (CLOCK_MONOTONIC)
+	deadline  int64 // with quiesce-time: it lands by then or never (0: none)
 	resent    int64 // when a copy of it sent again was acknowledged; 0: none
 	notBefore int64 // it lands only on a newer write read after this
 	long      bool  // notBefore is seconds past timeout + reconnect-delay
@@ -92,6 +94,24 @@ const lateWindow = 500 * time.Millisecond
 // proxy has ended that write's request, whatever became of it.
 const settleSlack = 200 * time.Millisecond
 
+// With quiesce-time=Q the adversary keeps to what the user declared:
+// nothing read on a connection is carried out later than Q after the
+// connection ended, less quiesceMargin, counted from when the server saw
+// it end (conn.endAt).  The margin because the plugin starts its clock
+// at its own sight of the end, which comes first when the proxy ended
+// the connection.  A late write lands by then or is lost; a request a
+// stopped instance resumes with past then is dropped unanswered
+// (Server.apply); and every late write that has neither landed nor been
+// lost by quiesceEdge before its deadline lands then, or is lost, the
+// one or the other at random: a plugin whose doubt ends early sees its
+// newer write overwritten there.  quiesce-time is drawn at least
+// quiesceMargin long (schedule.go): a shorter one no server can keep,
+// as it cannot see the end before the plugin does.
+const (
+	quiesceMargin = 200 * time.Millisecond
+	quiesceEdge   = 20 * time.Millisecond
+)
+
 // LateStats counts what became of the late writes of a run.
 type LateStats struct {
 	Kept        int           // writes kept after their connection closed
@@ -102,19 +122,23 @@ type LateStats struct {
 	Shutdown    int           // landed as their instance shut down gracefully
 	Final       int           // landed in the final phase
 	Lost        int           // lost with their instance (a crash)
+	AtQuiesce   int           // landed as quiesce-time was about to pass
+	Expired     int           // lost as quiesce-time passed
+	Dropped     int           // requests not carried out: read before quiesce-time passed, taken after
 }
 
 // NewServer makes the server of a schedule in dir (which must be short:
 // Unix socket paths are limited) and starts its first instance.
 func NewServer(sched *Schedule, dir string) (*Server, error) {
 	s := &Server{
-		sched:   sched,
-		rng:     rand.New(rand.NewSource(sched.Seed ^ 0x5eed)),
-		dir:     dir,
-		link:    filepath.Join(dir, "server"),
-		size:    int64(sched.Blocks) * blockSize,
-		storage: make([]byte, sched.Blocks*blockSize),
-		writes:  map[int]int{},
+		sched:      sched,
+		rng:        rand.New(rand.NewSource(sched.Seed ^ 0x5eed)),
+		dir:        dir,
+		link:       filepath.Join(dir, "server"),
+		size:       int64(sched.Blocks) * blockSize,
+		storage:    make([]byte, sched.Blocks*blockSize),
+		writes:     map[int]int{},
+		errReplies: map[string]int{},
 		// Every instance advertises the same flags: the proxy refuses a
 		// new connection that shows another disk.
 		flags: nbdFlagHasFlags | nbdFlagSendFUA | nbdFlagSendTrim | nbdFlagSendWriteZeroes,
@@ -200,14 +224,26 @@ func (s *Server) readBlocks(in *instance, first, n int) []byte {
 // apply carries out a write, zero or trim on in: into its cache
 // (write-back), else, or with FUA, onto the storage.  An instance that
 // has been replaced has no cache any more: what it would cache is lost.
-func (s *Server) apply(in *instance, r *request, why string) {
+// Past quiesce-time it is not carried out: false (it must not be
+// answered either: the proxy, still reading, would take the reply for
+// the server's word).
+func (s *Server) apply(in *instance, r *request, why string) bool {
 	if r.applied {
-		return
+		return true
+	}
+	if r.dropped || s.pastQuiesce(r.c) {
+		if !r.dropped {
+			r.dropped = true
+			s.lateStats.Dropped++
+			s.logBlocks(in, r.c, r.first, r.n, r.ids, "%s %s not carried out: its connection ended quiesce-time ago (%s)",
+				r.op(), blocksString(r.first, r.n), why)
+		}
+		return false
 	}
 	r.applied = true
 	if r.typ == nbdCmdTrim && s.rng.Intn(2) == 0 {
 		s.logf(in, r.c, "%s %s left as it is (%s)", r.op(), blocksString(r.first, r.n), why)
-		return
+		return true
 	}
 	stable := !s.sched.WriteBack || r.flags&nbdCmdFlagFUA != 0
 	for i := 0; i < r.n; i++ {
@@ -234,6 +270,7 @@ func (s *Server) apply(in *instance, r *request, why string) {
 		}
 	}
 	s.logBlocks(in, r.c, r.first, r.n, r.ids, "%s %s applied to %s (%s)", r.op(), blocksString(r.first, r.n), where, why)
+	return true
 }
 
 // writeBack puts in's cache on the storage (a flush, a graceful end).
@@ -254,9 +291,38 @@ func (s *Server) writeBack(in *instance, why string) {
 // unanswered, to land at any later time while in is alive.
 func (s *Server) addLate(in *instance, r *request) {
 	now := mono()
-	lw := &lateWrite{r: r, inst: in, closed: now, notBefore: now, pass: s.rng.Intn(latePass), picky: pickyPass}
+	closed := r.c.endAt
+	if closed == 0 || closed > now {
+		closed = now
+	}
+	lw := &lateWrite{r: r, inst: in, closed: closed, notBefore: now, pass: s.rng.Intn(latePass), picky: pickyPass}
 	when := "on a newer write"
-	if s.rng.Intn(longOdds) == 0 {
+	if q := s.sched.quiesceWindow(); s.sched.Quiesce > 0 {
+		lw.deadline = closed + int64(q)
+		edge := lw.deadline - int64(quiesceEdge)
+		if edge <= now {
+			s.late = append(s.late, lw)
+			s.lateStats.Kept++
+			s.expire(lw, "its connection ended quiesce-time ago")
+			return
+		}
+		// Long: late in its window, where a doubt that ended early shows.
+		if s.rng.Intn(longOdds) == 0 {
+			lw.long = true
+			lw.notBefore = closed + int64(q)*int64(5+s.rng.Intn(5))/10
+			if lw.notBefore < now {
+				lw.notBefore = now
+			}
+			s.lateStats.Long++
+		}
+		when = fmt.Sprintf("on a newer write read %.2fs after the close or later, by %.2fs after it (quiesce-time)",
+			float64(lw.notBefore-closed)/1e9, float64(lw.deadline-closed)/1e9)
+		time.AfterFunc(time.Duration(edge-now), func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.quiesceDue(lw)
+		})
+	} else if s.rng.Intn(longOdds) == 0 {
 		wait := s.sched.Timeout + s.sched.ReconnectDelay + longMin + time.Duration(s.rng.Int63n(int64(longSpread)))
 		lw.long, lw.notBefore = true, now+int64(wait)
 		s.lateStats.Long++
@@ -267,10 +333,15 @@ func (s *Server) addLate(in *instance, r *request) {
 	s.logBlocks(in, r.c, r.first, r.n, r.ids, "%s %s kept after the close, to land %s", r.op(), blocksString(r.first, r.n), when)
 }
 
-// landLate applies a late write, once.
-func (s *Server) landLate(lw *lateWrite, why string) {
+// landLate applies a late write, once, unless quiesce-time has passed
+// (then it is lost); it says whether it landed.
+func (s *Server) landLate(lw *lateWrite, why string) bool {
 	if lw.done {
-		return
+		return false
+	}
+	if lw.deadline != 0 && mono() > lw.deadline {
+		s.expire(lw, "quiesce-time passed first")
+		return false
 	}
 	lw.done = true
 	from := "late"
@@ -280,6 +351,40 @@ func (s *Server) landLate(lw *lateWrite, why string) {
 	after := time.Duration(mono() - lw.closed)
 	s.apply(lw.inst, lw.r, fmt.Sprintf("%s, %.3fs after its connection closed: %s", from, after.Seconds(), why))
 	s.cond.Broadcast()
+	return true
+}
+
+// quiesceDue: a late write's quiesce-time is about to pass; it lands
+// now or never (a stopped instance lands nothing).
+func (s *Server) quiesceDue(lw *lateWrite) {
+	if lw.done || s.closed || s.calm {
+		return
+	}
+	if lw.inst.state == stopped || s.rng.Intn(2) == 0 {
+		s.expire(lw, "quiesce-time is passing")
+		return
+	}
+	if s.landLate(lw, "quiesce-time is about to pass") {
+		s.lateStats.AtQuiesce++
+	}
+}
+
+// expire: a late write is lost, its quiesce-time passed.
+func (s *Server) expire(lw *lateWrite, why string) {
+	if lw.done {
+		return
+	}
+	lw.done = true
+	s.lateStats.Expired++
+	r := lw.r
+	s.logBlocks(lw.inst, r.c, r.first, r.n, r.ids, "%s %s lost: %s", r.op(), blocksString(r.first, r.n), why)
+	s.cond.Broadcast()
+}
+
+// pastQuiesce says whether carrying out a request of c now would break
+// quiesce-time.
+func (s *Server) pastQuiesce(c *conn) bool {
+	return s.sched.Quiesce > 0 && c.endAt != 0 && mono() > c.endAt+int64(s.sched.quiesceWindow())
 }
 
 // lateWait is when the late writes still waiting will have had their
@@ -293,6 +398,9 @@ func (s *Server) lateWait() int64 {
 		}
 		t := lw.notBefore
 		switch {
+		case lw.deadline != 0:
+			// It lands or is lost by then.
+			t = lw.deadline
 		case lw.resent != 0:
 			if lw.resent > t {
 				t = lw.resent
@@ -334,6 +442,10 @@ func (s *Server) newer(lw *lateWrite, r *request) bool {
 		return false
 	case lw.resent != 0:
 		return r.recv > lw.resent
+	case sc.Quiesce > 0:
+		// The plugin holds every write over bytes in doubt until its
+		// quiesce-time has passed: one it sent earlier is newer.
+		return true
 	default:
 		return sc.ReconnectDelay == 0 || r.recv > lw.closed+int64(sc.opBound()+settleSlack)
 	}
@@ -450,10 +562,9 @@ func (s *Server) Heal() {
 		}
 	}
 	for _, lw := range s.late {
-		if !lw.done {
+		if s.landLate(lw, "the final phase") {
 			s.lateStats.Final++
 		}
-		s.landLate(lw, "the final phase")
 	}
 	s.ensureCurrent()
 	s.cond.Broadcast()
@@ -520,6 +631,17 @@ func (s *Server) ProtocolErrors() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.protoErrs...)
+}
+
+// ErrorReplies counts the error replies the server sent, by why.
+func (s *Server) ErrorReplies() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := map[string]int{}
+	for k, n := range s.errReplies {
+		m[k] = n
+	}
+	return m
 }
 
 // Log returns the server's log.

@@ -15,11 +15,15 @@ type Summary struct {
 	Schedules                        int
 	Shared, Reconnect, Timeout, Both int
 	WriteBack, NoFlush               int
-	Clients                          map[int]int // schedules by number of clients
+	Quiesce                          int            // schedules with quiesce-time=
+	Repair                           map[string]int // schedules by repair-memory=
+	Clients                          map[int]int    // schedules by number of clients
 	Planned, Came                    map[EpisodeKind]int
 	Ops, Failed, FailedFlushes, Lost int
 	Unsent                           int
 	Errnos                           map[int]int
+	FailCauses                       map[string]int // failed requests by cause (nbdkit's log)
+	ErrorReplies                     map[string]int // the server's error replies, by why
 	Connections, ConnFails           int
 	Late                             LateStats
 	Violations                       map[int]int       // by rule
@@ -33,6 +37,7 @@ func (s *Summary) Add(res *Result) {
 	if s.Clients == nil {
 		s.Clients, s.Planned, s.Came = map[int]int{}, map[EpisodeKind]int{}, map[EpisodeKind]int{}
 		s.Errnos, s.Violations, s.Causes = map[int]int{}, map[int]int{}, map[Cause][]int64{}
+		s.FailCauses, s.ErrorReplies, s.Repair = map[string]int{}, map[string]int{}, map[string]int{}
 	}
 	sc := res.Sched
 	s.Schedules++
@@ -55,6 +60,10 @@ func (s *Summary) Add(res *Result) {
 	if !sc.Flush {
 		s.NoFlush++
 	}
+	if sc.Quiesce > 0 {
+		s.Quiesce++
+	}
+	s.Repair[sc.RepairMemory]++
 	s.Clients[len(sc.Depths)]++
 	for _, e := range sc.Episodes {
 		s.Planned[e.Kind]++
@@ -63,6 +72,12 @@ func (s *Summary) Add(res *Result) {
 		s.Came[e.Kind]++
 	}
 	s.Late.add(res.Late)
+	for c, n := range res.FailCauses.Count {
+		s.FailCauses[c] += n
+	}
+	for c, n := range res.ErrorReplies {
+		s.ErrorReplies[c] += n
+	}
 	s.Connections += res.Clients
 	s.ConnFails += res.ConnFails
 	if res.History != nil {
@@ -127,6 +142,8 @@ func (s *Summary) String() string {
 	l := s.Late
 	fmt.Fprintf(&b, "  late writes (kept after their connection closed) %d (%d long): landed on a newer write %d (%d more than timeout + reconnect-delay after the close, the longest %.1f s after), at a graceful shutdown %d, in the final phase %d; lost in a crash %d\n",
 		l.Kept, l.Long, l.OnNewer, l.LongOnNewer, l.Longest.Seconds(), l.Shutdown, l.Final, l.Lost)
+	fmt.Fprintf(&b, "  quiesce-time %d, repair-memory=0 %d, =64K %d: late writes landed as quiesce-time was passing %d, lost as it passed %d; requests dropped, taken past it %d\n",
+		s.Quiesce, s.Repair["0"], s.Repair["64K"], l.AtQuiesce, l.Expired, l.Dropped)
 	var errs []string
 	var codes []int
 	for e := range s.Errnos {
@@ -138,6 +155,8 @@ func (s *Summary) String() string {
 	}
 	fmt.Fprintf(&b, "  ops %d, failed %d (flushes %d; connection died under %d): %s; not sent (connection gone) %d\n",
 		s.Ops, s.Failed, s.FailedFlushes, s.Lost, strings.Join(errs, ", "), s.Unsent)
+	fmt.Fprintf(&b, "  failed ops by cause (nbdkit's log): %s; the server's error replies: %s\n",
+		countsString(s.FailCauses, allFailCauses), countsString(s.ErrorReplies, nil))
 	fmt.Fprintf(&b, "  violations: rule 1 %d, rule 2 %d, rule 3 %d", s.Violations[1], s.Violations[2], s.Violations[3])
 	if len(s.ViolatingSeeds) > 0 {
 		fmt.Fprintf(&b, "; seeds with violations: %v", s.ViolatingSeeds)
@@ -165,4 +184,7 @@ func (l *LateStats) add(o LateStats) {
 	l.Shutdown += o.Shutdown
 	l.Final += o.Final
 	l.Lost += o.Lost
+	l.AtQuiesce += o.AtQuiesce
+	l.Expired += o.Expired
+	l.Dropped += o.Dropped
 }
