@@ -128,7 +128,9 @@ static const char *const op_names[] = {
   [ENGINE_BLOCK_STATUS] = "block_status",
 };
 
-/* A link over e (path.lock held, or the path not yet shared). */
+/* A link over e, not yet current.  Who serves it is looked up now,
+ * once (peer.h), without any lock held.
+ */
 static struct link *
 link_new (struct path *p, struct engine *e)
 {
@@ -145,7 +147,7 @@ link_new (struct path *p, struct engine *e)
     return NULL;
   }
   l->engine = e;
-  l->gen = ++p->last_gen;
+  l->gen = 0;                   /* set as it becomes current */
   l->made_ms = engine_now_ms ();
   l->refs = 1;
   l->logged = 0;
@@ -816,6 +818,7 @@ path_new (struct engine *e, const char *export, int64_t reconnect_ms,
     free (p);
     return NULL;
   }
+  p->cur->gen = ++p->last_gen;
   pthread_mutex_init (&p->lock, NULL);
   pthread_condattr_init (&attr);
   pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
@@ -831,11 +834,11 @@ path_new (struct engine *e, const char *export, int64_t reconnect_ms,
 void
 path_install (struct path *p, struct engine *e)
 {
-  struct link *l, *old = NULL;
+  struct link *l = link_new (p, e), *old = NULL;
 
   pthread_mutex_lock (&p->lock);
-  l = link_new (p, e);
   if (l) {
+    l->gen = ++p->last_gen;
     old = unref (p->cur);
     p->cur = l;
   }
