@@ -14,7 +14,9 @@ import (
 	"nbdkit-nbd-go-plugin/nbdkit"
 )
 
-// The parameters, all set by config and checked by configComplete.
+// The parameters, set by configKey; configComplete checks them as a
+// whole and fills in what follows from them (defaults, the vsock port,
+// the URI's scheme, shared=, tls=).
 type config struct {
 	// Connection modes: exactly one is set.
 	socket   string   // socket=
@@ -40,9 +42,10 @@ type config struct {
 	timeout        time.Duration // timeout=
 	// How a server connection that failed is recovered from (the man
 	// page's CONNECTION FAILURES).
-	repairMemory int64         // repair-memory=, bytes
-	quiesce      time.Duration // quiesce-time=, if quiesceGiven
-	quiesceGiven bool
+	repairMemory      int64 // repair-memory=, bytes
+	repairMemoryGiven bool
+	quiesce           time.Duration // quiesce-time=, if quiesceGiven
+	quiesceGiven      bool
 
 	tls             libnbd.TLSMode
 	tlsGiven        bool
@@ -52,7 +55,7 @@ type config struct {
 	tlsPSK          string
 }
 
-var cfg = config{repairMemory: defaultRepairMemory}
+var cfg config
 
 // defaultRepairMemory is repair-memory='s default: enough for the writes
 // a filesystem leaves unflushed between its flushes, a few seconds' worth.
@@ -159,6 +162,7 @@ func configKey(key, value string) error {
 		cfg.timeout, err = parseSeconds(key, value)
 	case "repair-memory":
 		cfg.repairMemory, err = parseSize(key, value)
+		cfg.repairMemoryGiven = true
 	case "quiesce-time":
 		cfg.quiesce, err = parseSeconds(key, value)
 		cfg.quiesceGiven = err == nil
@@ -384,6 +388,9 @@ func configComplete() error {
 	if !cfg.tlsGiven && (cfg.tlsCertificates != "" || cfg.tlsVerify != nil ||
 		cfg.tlsUsername != "" || cfg.tlsPSK != "") {
 		cfg.tls = libnbd.TLSAllow
+	}
+	if !cfg.repairMemoryGiven {
+		cfg.repairMemory = defaultRepairMemory
 	}
 	return nil
 }
