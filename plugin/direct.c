@@ -500,11 +500,13 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
         r = EIO;
         break;
       case REPAIR_CONN_FAILED:
+        /* This request was not sent: it is not in doubt. */
         outcome = ENGINE_CONN_FAILED;
         res = (struct engine_result) {
-          .outcome = ENGINE_CONN_FAILED, .errnum = EIO, .fate = ENGINE_NOT_DONE,
-          .msg = strdup ("server connection failed during a repair"),
+          .outcome = ENGINE_CONN_FAILED, .errnum = EIO,
+          .fate = ENGINE_NOT_DONE, .msg = text,
         };
+        text = NULL;
         fate_ended (l->fate);
         break;
       }

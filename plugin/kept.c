@@ -514,11 +514,11 @@ is_zero (const unsigned char *p, uint64_t len)
 }
 
 /* Check and write again the pieces of [start, end) over e.  Returns 0,
- * or REPAIR_CONN_FAILED (lock not held).
+ * or REPAIR_CONN_FAILED with *why saying how (lock not held).
  */
 static int
 repair_batch (struct fate *f, struct engine *e, uint64_t start, uint64_t end,
-              struct piece *p, int k, unsigned char *buf)
+              struct piece *p, int k, unsigned char *buf, char **why)
 {
   struct engine_request req = {
     .op = ENGINE_PREAD, .buf = buf, .count = end - start, .offset = start,
@@ -527,9 +527,11 @@ repair_batch (struct fate *f, struct engine *e, uint64_t start, uint64_t end,
   int i, have, outcome;
 
   outcome = engine_command (e, &req, &res);
-  free (res.msg);
-  if (outcome == ENGINE_CONN_FAILED)
+  if (outcome == ENGINE_CONN_FAILED) {
+    *why = res.msg;
     return REPAIR_CONN_FAILED;
+  }
+  free (res.msg);
   have = outcome == ENGINE_OK;  /* else write every piece again */
   for (i = 0; i < k; ++i) {
     struct kept *n = p[i].n;
@@ -547,8 +549,8 @@ repair_batch (struct fate *f, struct engine *e, uint64_t start, uint64_t end,
       .buf = n->blob ? n->blob->bytes + n->blob_off : NULL,
     };
     outcome = engine_command (e, &req, &res);
-    free (res.msg);
     if (outcome == ENGINE_CONN_FAILED) {
+      *why = res.msg;
       if (res.fate == ENGINE_IN_DOUBT) {
         /* A doubt like any other write's, though the repair itself
          * ignores doubts: what it writes is older than any over it.
@@ -559,6 +561,7 @@ repair_batch (struct fate *f, struct engine *e, uint64_t start, uint64_t end,
       }
       return REPAIR_CONN_FAILED;
     }
+    free (res.msg);
     p[i].what = outcome == ENGINE_OK ? WRITTEN : REFUSED;
     p[i].errnum = res.errnum;
   }
@@ -679,7 +682,7 @@ kept_repair (struct fate *f, struct engine *e, int64_t deadline_ms, char **msg)
           }
         }
         if (buf)
-          r = repair_batch (f, e, from, to, p, k, buf);
+          r = repair_batch (f, e, from, to, p, k, buf, msg);
       }
       pthread_mutex_lock (&d->lock);
       settle (f, p, k, &lost, &checked, &bytes, &refused);

@@ -82,8 +82,9 @@ int kept_orphans (struct disk *d);
 
 enum repair_outcome {
   REPAIR_DONE,                  /* no orphan left */
-  REPAIR_CONN_FAILED,           /* f's connection failed under it */
-  REPAIR_FAILED,                /* *msg says why (malloc'd) */
+  REPAIR_CONN_FAILED,           /* f's connection failed under it: *msg
+                                   (malloc'd, or NULL) says how */
+  REPAIR_FAILED,                /* *msg says why (malloc'd, or NULL) */
 };
 /* Repair d's orphans over e, f's connection (d->lock not held), or wait
  * for another thread's repair, until deadline_ms (-1: no limit).
