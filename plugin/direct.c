@@ -395,6 +395,36 @@ flush_kept (struct disk *d, struct link *l)
   if (res.outcome == ENGINE_OK)
     kept_flushed (l->fate, upto);
   l->fate->flushing = 0;
+  pthread_cond_broadcast (&d->changed);
+  pthread_mutex_unlock (&d->lock);
+}
+
+/* Before keeping count more bytes acknowledged on l: past repair-memory,
+ * wait for l's own flush, or flush now if l keeps its share (kept.h).
+ * Once: what other connections keep may stay past the bound.
+ */
+static void
+make_room (struct disk *d, struct link *l, uint64_t count, int64_t bound)
+{
+  int flushed = 0;
+
+  if (!kept_full (count))
+    return;
+  pthread_mutex_lock (&d->lock);
+  while (kept_full (count)) {
+    if (l->fate->flushing) {
+      if (bound >= 0 && engine_now_ms () >= bound)
+        break;
+      disk_wait (d, bound);
+      continue;
+    }
+    if (flushed || !kept_over_share (l->fate))
+      break;
+    pthread_mutex_unlock (&d->lock);
+    flush_kept (d, l);
+    flushed = 1;
+    pthread_mutex_lock (&d->lock);
+  }
   pthread_mutex_unlock (&d->lock);
 }
 
@@ -410,7 +440,8 @@ struct served {
  */
 static int
 send_once (struct client *c, struct link *l, struct engine_request *req,
-           struct sending *s, struct engine_result *res, struct served *sv)
+           struct sending *s, int64_t bound, struct engine_result *res,
+           struct served *sv)
 {
   struct path *p = c->path;
   struct disk *d = p->disk;
@@ -427,8 +458,10 @@ send_once (struct client *c, struct link *l, struct engine_request *req,
   if (s) {
     /* Copied before taking the lock, while nbdkit's buffer is ours. */
     if (outcome == ENGINE_OK && p->keeps && req->op == ENGINE_PWRITE &&
-        !(req->flags & LIBNBD_CMD_FLAG_FUA))
+        !(req->flags & LIBNBD_CMD_FLAG_FUA)) {
+      make_room (d, l, req->count, bound);
       b = blob_copy (req->buf, req->count);
+    }
     pthread_mutex_lock (&d->lock);
     if (outcome == ENGINE_CONN_FAILED) {
       fate_ended_locked (l->fate);
@@ -521,7 +554,7 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
       free (req->entries);
       req->entries = NULL;
       req->nr_entries = 0;
-      outcome = send_once (c, l, req, w, &res, sv);
+      outcome = send_once (c, l, req, w, bound, &res, sv);
       if (outcome != ENGINE_CONN_FAILED)
         break;
       if (!w)

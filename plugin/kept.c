@@ -18,7 +18,9 @@
 /* Data shared by the kept writes a newer write split. */
 struct blob {
   _Atomic int refs;
-  uint64_t size;
+  uint64_t size;                /* what it holds */
+  int class;                    /* of the pool (below), or -1 */
+  struct blob *next;            /* in the pool */
   unsigned char bytes[];
 };
 
@@ -47,32 +49,87 @@ static _Atomic int keeping;
 /* and looks at this many kept writes at most at once. */
 #define REPAIR_PIECES 256
 
-/* ---- Blobs */
+/* ---- Blobs
+ *
+ * Blobs let go of are kept for reuse, by size class (powers of two from
+ * 4 KiB), up to half of repair-memory: a flush lets go of most of what is
+ * kept at once, and memory handed back to the system would be faulted in
+ * (zeroed) again by the next writes, which cost as much as copying them.
+ * The pool and the kept data together stay within half the bound plus
+ * what arrives during a flush.
+ */
+#define POOL_MIN_SHIFT 12
+#define POOL_CLASSES 14         /* 4 KiB to 32 MiB */
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct blob *pool[POOL_CLASSES];
+static int64_t pooled;          /* bytes in the pool, under pool_lock */
+
+/* The class of a blob holding count bytes, or -1 (too large). */
+static int
+class_of (uint64_t count)
+{
+  int c = 0;
+
+  while (c < POOL_CLASSES && ((uint64_t) 1 << (POOL_MIN_SHIFT + c)) < count)
+    ++c;
+  return c < POOL_CLASSES ? c : -1;
+}
+
+static uint64_t
+capacity (const struct blob *b)
+{
+  return b->class >= 0 ? (uint64_t) 1 << (POOL_MIN_SHIFT + b->class) : b->size;
+}
 
 struct blob *
 blob_copy (const void *buf, uint64_t count)
 {
-  struct blob *b;
+  struct blob *b = NULL;
   int64_t limit = disk_settings.repair_memory;
+  int c = class_of (count);
+  uint64_t cap = c >= 0 ? (uint64_t) 1 << (POOL_MIN_SHIFT + c) : count;
 
-  if (limit <= 0 || atomic_load (&total) + (int64_t) count > 2 * limit)
+  if (limit <= 0 || atomic_load (&total) + (int64_t) cap > 2 * limit)
     return NULL;
-  if ((b = malloc (sizeof *b + count)) == NULL)
+  if (c >= 0) {
+    pthread_mutex_lock (&pool_lock);
+    if ((b = pool[c]) != NULL) {
+      pool[c] = b->next;
+      pooled -= cap;
+    }
+    pthread_mutex_unlock (&pool_lock);
+  }
+  if (b == NULL && (b = malloc (sizeof *b + cap)) == NULL)
     return NULL;
   atomic_init (&b->refs, 1);
   b->size = count;
+  b->class = c;
   memcpy (b->bytes, buf, count);
-  atomic_fetch_add (&total, (int64_t) count);
+  atomic_fetch_add (&total, (int64_t) cap);
   return b;
 }
 
 void
 blob_put (struct blob *b)
 {
-  if (b && atomic_fetch_sub (&b->refs, 1) == 1) {
-    atomic_fetch_sub (&total, (int64_t) b->size);
-    free (b);
+  uint64_t cap;
+
+  if (b == NULL || atomic_fetch_sub (&b->refs, 1) != 1)
+    return;
+  cap = capacity (b);
+  atomic_fetch_sub (&total, (int64_t) cap);
+  if (b->class >= 0) {
+    pthread_mutex_lock (&pool_lock);
+    if (pooled + (int64_t) cap <= disk_settings.repair_memory / 2) {
+      b->next = pool[b->class];
+      pool[b->class] = b;
+      pooled += cap;
+      b = NULL;
+    }
+    pthread_mutex_unlock (&pool_lock);
   }
+  free (b);
 }
 
 /* ---- The treap */
@@ -461,11 +518,22 @@ kept_drop (struct fate *f)
 int
 kept_over_share (struct fate *f)
 {
-  int64_t limit = disk_settings.repair_memory;
+  /* From half the bound on, so that the other half takes the writes
+   * that come while the flush is out.
+   */
+  int64_t half = disk_settings.repair_memory / 2;
   int n = atomic_load (&keeping);
 
-  return limit > 0 && !f->failed && atomic_load (&total) > limit &&
-    f->kept_bytes * (n > 0 ? n : 1) >= limit;
+  return half > 0 && !f->failed && atomic_load (&total) > half &&
+    f->kept_bytes * (n > 0 ? n : 1) >= half;
+}
+
+int
+kept_full (uint64_t count)
+{
+  int64_t limit = disk_settings.repair_memory;
+
+  return limit > 0 && atomic_load (&total) + (int64_t) count > limit;
 }
 
 int

@@ -27,9 +27,12 @@
  * lost: the flushes of the client that wrote it fail from then on.
  *
  * Memory.  Kept data is bounded by repair-memory= (process-wide): a
- * server connection keeping more than its share of it sends a flush of
- * its own (kept_over_share); past twice the bound a write is not kept,
- * and its client falls back to the rule of repair-memory=0 (direct.c).
+ * server connection keeping more than its share of half of it sends a
+ * flush of its own (kept_over_share); a write that would take the
+ * total past the bound waits for that flush (kept_full); past twice the
+ * bound (other connections keeping the rest, and not flushing) a write
+ * is not kept, and its client falls back to the rule of
+ * repair-memory=0 (direct.c).
  *
  * Invariants (besides disk.h's).  Kept writes do not overlap; each is
  * in its disk's tree, by offset, and on its fate's list, oldest first.
@@ -74,8 +77,12 @@ void kept_flushed (struct fate *f, uint64_t upto);
 void kept_fail (struct fate *f);
 /* f's connection was closed politely: let go of its kept writes. */
 void kept_drop (struct fate *f);
-/* Whether f keeps more than its share of repair-memory (d->lock held). */
+/* Whether f keeps more than its share of half of repair-memory (d->lock
+ * held): it should flush.
+ */
 int kept_over_share (struct fate *f);
+/* Whether keeping count more bytes would pass repair-memory. */
+int kept_full (uint64_t count);
 
 /* Whether d has orphans to repair: cheap, for every request. */
 int kept_orphans (struct disk *d);
