@@ -104,6 +104,50 @@ holds (pid_t pid, unsigned ino)
   return found;
 }
 
+/* The one process other than this one that holds the socket whose
+ * inode is ino, found by looking at every process's descriptors; 0 if
+ * none or more than one does.
+ */
+static pid_t
+sole_holder (unsigned ino)
+{
+  struct dirent *e;
+  DIR *procs;
+  pid_t found = 0, pid, self = getpid ();
+  int many = 0;
+
+  if ((procs = opendir ("/proc")) == NULL)
+    return 0;
+  while (!many && (e = readdir (procs)) != NULL) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9')
+      continue;
+    pid = atoi (e->d_name);
+    if (pid == self || !holds (pid, ino))
+      continue;
+    if (found)
+      many = 1;
+    found = pid;
+  }
+  closedir (procs);
+  return many ? 0 : found;
+}
+
+/* Whether /proc is this process's PID namespace's: otherwise a pid
+ * there and a pid to pidfd_open would name different processes.
+ */
+static int
+proc_is_ours (void)
+{
+  char got[32], want[32];
+  ssize_t n = readlink ("/proc/self", got, sizeof got - 1);
+
+  if (n <= 0)
+    return 0;
+  got[n] = '\0';
+  snprintf (want, sizeof want, "%d", (int) getpid ());
+  return strcmp (got, want) == 0;
+}
+
 /* Whether process pid has no child: each of its threads' children file
  * is empty.  A kernel without those files tells nothing: no.
  */
@@ -164,8 +208,9 @@ int
 peer_pidfd (int fd, pid_t *pid)
 {
   struct ucred cred;
-  socklen_t len = sizeof cred;
+  socklen_t len;
   int domain, pidfd = -1;
+  pid_t server;
   unsigned ino;
 
   *pid = 0;
@@ -174,27 +219,38 @@ peer_pidfd (int fd, pid_t *pid)
       domain != AF_UNIX)
     return -1;
   len = sizeof cred;
-  if (getsockopt (fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 ||
-      cred.pid <= 0)
+  if (getsockopt (fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1)
     return -1;
-  *pid = cred.pid;
-  if (cred.pid == 1 || cred.pid == getpid ())
+  *pid = cred.pid > 0 ? cred.pid : 0;
+  if ((ino = peer_inode (fd)) == 0 || !proc_is_ours ())
+    return -1;
+  /* The listener, if it serves this connection itself (nbdkit -f,
+   * qemu-nbd); else the one process that holds the connection (nbdkit
+   * in the background listened, then forked; a server that systemd
+   * started by socket activation).
+   */
+  if (cred.pid > 1 && cred.pid != getpid () && holds (cred.pid, ino))
+    server = cred.pid;
+  else if ((server = sole_holder (ino)) == 0)
+    return -1;
+  *pid = server;
+  if (server == 1)
     return -1;
   /* The pidfd first: the checks below then look at the process it
    * names, as long as that process is alive after them.
    */
   len = sizeof pidfd;
-  if (getsockopt (fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0) {
-    if (pidfd_pid (pidfd) != cred.pid) {
+  if (server == cred.pid &&
+      getsockopt (fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0) {
+    if (pidfd_pid (pidfd) != server) {
       close (pidfd);
       return -1;
     }
   }
-  else if ((pidfd = syscall (SYS_pidfd_open, cred.pid, 0)) == -1)
+  else if ((pidfd = syscall (SYS_pidfd_open, server, 0)) == -1)
     return -1;
   fcntl (pidfd, F_SETFD, FD_CLOEXEC);
-  if ((ino = peer_inode (fd)) == 0 || !holds (cred.pid, ino) ||
-      !childless (cred.pid) || exited (pidfd)) {
+  if (!holds (server, ino) || !childless (server) || exited (pidfd)) {
     close (pidfd);
     return -1;
   }
