@@ -67,6 +67,8 @@
  *  client to disconnect politely: the engine sends NBD_CMD_DISC (under
  *  io_lock, by whoever holds it next), sends no more commands (they are
  *  refused, ENGINE_NOT_DONE), and lets the commands in flight finish.
+ *  engine_shut_down does the same for a connection whose server said so
+ *  on another one (server_shutdown tells the two apart).
  *
  *  What a failed command may still do.  NBD cannot cancel a command, and
  *  a server may carry out a command it has read after the connection has
