@@ -14,7 +14,9 @@ import (
 	"nbdkit-nbd-go-plugin/nbdkit"
 )
 
-// The parameters, all set by config and checked by configComplete.
+// The parameters, set by configKey; configComplete checks them as a
+// whole and fills in what follows from them (defaults, the vsock port,
+// the URI's scheme, shared=, tls=).
 type config struct {
 	// Connection modes: exactly one is set.
 	socket   string   // socket=
@@ -38,6 +40,12 @@ type config struct {
 	// Beyond the C plugin; zero keeps its behaviour.
 	reconnectDelay time.Duration // reconnect-delay=
 	timeout        time.Duration // timeout=
+	// How a server connection that failed is recovered from (the man
+	// page's CONNECTION FAILURES).
+	repairMemory      int64 // repair-memory=, bytes
+	repairMemoryGiven bool
+	quiesce           time.Duration // quiesce-time=, if quiesceGiven
+	quiesceGiven      bool
 
 	tls             libnbd.TLSMode
 	tlsGiven        bool
@@ -48,6 +56,13 @@ type config struct {
 }
 
 var cfg config
+
+// defaultRepairMemory is repair-memory='s default: enough for the writes
+// a filesystem leaves unflushed between its flushes, a few seconds' worth.
+const defaultRepairMemory = 32 << 20
+
+// maxSize bounds a size parameter: nbdkit's own sizes are int64.
+const maxSize = 1 << 62
 
 // nbdPort is NBD's registered port, the default of port=.
 const nbdPort = 10809
@@ -80,6 +95,11 @@ reconnect-delay=<SECS> Replace a failed server connection, resending its
                        requests, for up to SECS seconds (default 0: off).
 timeout=<SECS>         Fail a request the server has not answered in SECS
                        seconds, and connecting too (default 0: none).
+repair-memory=<SIZE>   Keep up to SIZE of acknowledged, unflushed writes to
+                       write again if the server lost them (default 32M;
+                       0: keep none, flushes after a failure fail).
+quiesce-time=<SECS>    The server carries out nothing later than SECS after
+                       a connection ended (default: not declared).
 tls=<MODE>             TLS to the server: off, on, or require.
 tls-certificates=<DIR> Directory of X.509 client certificates.
 tls-verify=<BOOL>      Verify the server's certificate (default true).
@@ -140,6 +160,12 @@ func configKey(key, value string) error {
 		cfg.reconnectDelay, err = parseSeconds(key, value)
 	case "timeout":
 		cfg.timeout, err = parseSeconds(key, value)
+	case "repair-memory":
+		cfg.repairMemory, err = parseSize(key, value)
+		cfg.repairMemoryGiven = true
+	case "quiesce-time":
+		cfg.quiesce, err = parseSeconds(key, value)
+		cfg.quiesceGiven = err == nil
 	case "tls":
 		cfg.tls, err = parseTLS(value)
 		cfg.tlsGiven = true
@@ -194,6 +220,32 @@ func parseSeconds(key, value string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s=%s: less than a millisecond (0 turns it off)", key, value)
 	}
 	return d.Round(time.Millisecond), nil
+}
+
+// parseSize parses a size as nbdkit does (nbdkit_parse_size): a whole
+// number of bytes with an optional unit, b, k, m, g, t, p, e (powers of
+// 1024) or s (512 bytes), in either case; with a message naming the key.
+func parseSize(key, value string) (int64, error) {
+	digits := strings.TrimRight(value, "bBkKmMgGtTpPeEsS")
+	unit := value[len(digits):]
+	n, err := strconv.ParseUint(digits, 10, 63)
+	if err != nil || len(unit) > 1 {
+		return 0, fmt.Errorf("%s=%s: not a size (such as 32M, or 0)", key, value)
+	}
+	scale := uint64(1)
+	if unit != "" {
+		switch u := strings.ToLower(unit); u {
+		case "s":
+			scale = 512
+		case "b":
+		default:
+			scale = 1 << (10 * (strings.Index("kmgtpe", u) + 1))
+		}
+	}
+	if n > maxSize/scale {
+		return 0, fmt.Errorf("%s=%s: too large (at most %d bytes)", key, value, uint64(maxSize))
+	}
+	return int64(n * scale), nil
 }
 
 // checkSocketFD refuses a socket-fd= that is not an open socket, or that
@@ -336,6 +388,9 @@ func configComplete() error {
 	if !cfg.tlsGiven && (cfg.tlsCertificates != "" || cfg.tlsVerify != nil ||
 		cfg.tlsUsername != "" || cfg.tlsPSK != "") {
 		cfg.tls = libnbd.TLSAllow
+	}
+	if !cfg.repairMemoryGiven {
+		cfg.repairMemory = defaultRepairMemory
 	}
 	return nil
 }

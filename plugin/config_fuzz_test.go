@@ -31,6 +31,8 @@ func FuzzConfig(f *testing.F) {
 		"uri=http://x/",
 		"socket=/s\ntls=require\ntls-psk=keys\ntls-username=u",
 		"port=1",
+		"socket=/s\nrepair-memory=64K\nquiesce-time=0",
+		"socket=/s\nrepair-memory=1x",
 	} {
 		f.Add(s)
 	}
@@ -58,7 +60,7 @@ func FuzzConfig(f *testing.F) {
 		if err := configComplete(); err != nil {
 			t.Fatalf("%q: configComplete accepted, then refused: %v", input, err)
 		}
-		if cfg.shared != before.shared || cfg.tls != before.tls {
+		if cfg.shared != before.shared || cfg.tls != before.tls || cfg.repairMemory != before.repairMemory {
 			t.Fatalf("%q: configComplete is not idempotent", input)
 		}
 	})
@@ -108,6 +110,14 @@ func checkKey(t *testing.T, key, value string) {
 	case "socket":
 		if len(cfg.socket) > sunPathMax || !strings.HasPrefix(cfg.socket, "/") {
 			t.Fatalf("socket=%q stored %q", value, cfg.socket)
+		}
+	case "repair-memory":
+		if cfg.repairMemory < 0 || value == "" || strings.Trim(value[:1], "0123456789") != "" {
+			t.Fatalf("repair-memory=%q stored %d", value, cfg.repairMemory)
+		}
+	case "quiesce-time":
+		if !cfg.quiesceGiven || cfg.quiesce < 0 {
+			t.Fatalf("quiesce-time=%q stored %v", value, cfg.quiesce)
 		}
 	}
 }

@@ -26,20 +26,25 @@
  *    is the fence of doubt.h, which every write passes before it is
  *    sent, and a write in doubt is recorded there before its request
  *    answers.
- *  - Flushes.  A server that accepts flush may hold acknowledged writes
- *    in a volatile cache, and a flush on a new connection covers only
- *    what the new connection's server has.  So each client (an nbdkit
- *    connection: struct client; in shared mode many share a path)
- *    remembers, for the writes (not FUA) acknowledged to it that no
- *    flush has covered yet, the generations they were acknowledged on.
- *    A flush that succeeds on a later generation than one of the writes
- *    acknowledged before it began cannot cover them: they may be lost.
- *    From then on every flush of that client fails with EIO, those in
- *    flight too.  Not only the next one: requests and replies cross on
- *    the wire, so the plugin cannot tell which flush the client sent
- *    after it saw a lost write acknowledged, and a later flush that
- *    succeeded would vouch for it.  The client learns of the loss as
- *    loudly as NBD allows; a new connection starts afresh.
+ *  - Repairs.  Before a server connection serves a request, it writes
+ *    again what a failed one may have lost of the writes acknowledged
+ *    and not yet flushed (kept.h), so that a flush on it covers them.
+ *  - Flushes.  A flush fails when a write acknowledged to its client
+ *    was lost for good: a repair could not write it again, or it was
+ *    not kept (repair-memory=0, or past the bound).  Writes not kept are
+ *    counted per client (struct client): the generations of connections
+ *    they were acknowledged on.  A flush that succeeds on a later
+ *    generation than one of the writes acknowledged before it began
+ *    cannot cover them: they may be lost.  From then on every flush of
+ *    that client fails with EIO, those in flight too.  Not only the next
+ *    one: requests and replies cross on the wire, so the plugin cannot
+ *    tell which flush the client sent after it saw a lost write
+ *    acknowledged, and a later flush that succeeded would vouch for it.
+ *  - Letting a stopping server go.  A server that answers NBD_ESHUTDOWN
+ *    waits for its clients to leave before it exits, and a connection
+ *    with nothing in flight is told nothing: with reconnect-delay the
+ *    plugin ends its other connections to that server politely too
+ *    (stop_others).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,17 +54,23 @@
 #include <string.h>
 
 #include "direct.h"
+#include "disk.h"
 #include "doubt.h"
 #include "host.h"
+#include "kept.h"
+#include "peer.h"
 #include "_cgo_export.h"
 
 /* One server connection and the requests using it (under path.lock). */
 struct link {
   struct engine *engine;
   uint64_t gen;                 /* 1 for the path's first connection */
-  struct fate *fate;            /* of its writes in doubt (doubt.h) */
+  struct fate *fate;            /* its record on the disk (disk.h) */
+  pid_t server;                 /* the server's listener (peer.h), or 0 */
+  int64_t made_ms;              /* when it was made */
   int refs;                     /* the path's own, plus one per request */
   int logged;                   /* its failure has been logged */
+  int stopped_others;           /* its NBD_ESHUTDOWN was passed on */
 };
 
 struct path {
@@ -67,7 +78,11 @@ struct path {
   int64_t timeout_ms;           /* bounds closing connections */
   int server_exits;             /* closing a connection ends its server
                                    (command=): its doubts can end */
+  int flushes;                  /* the server accepts flush */
+  int keeps;                    /* it keeps writes for repairs (kept.h) */
+  struct disk *disk;
   uintptr_t go_ref;             /* the Go upstream, for nbdgoRedial */
+  struct path *next;            /* in paths (stop_others) */
 
   pthread_mutex_t lock;         /* protects cur, link refs, gens,
                                    redialing, closing */
@@ -95,7 +110,9 @@ struct run {
 struct client {
   struct nbdkitgo_direct ops;   /* ops.ctx points back here */
   struct path *path;
-  int tracks;                   /* whether to watch for unflushed writes */
+  int tracks;                   /* whether to count writes not kept */
+  struct owner *owner;          /* of its kept writes */
+  int losses;                   /* the disk's losses when it came */
 
   pthread_mutex_t lock;         /* protects what follows */
   uint64_t acked;               /* writes acknowledged, the last's number */
@@ -111,23 +128,30 @@ static const char *const op_names[] = {
   [ENGINE_BLOCK_STATUS] = "block_status",
 };
 
-/* A link over e (path.lock held, or the path not yet shared). */
+/* A link over e, not yet current.  Who serves it is looked up now,
+ * once (peer.h), without any lock held.
+ */
 static struct link *
 link_new (struct path *p, struct engine *e)
 {
   struct link *l = malloc (sizeof *l);
 
+  int pidfd;
+
   if (l == NULL)
     return NULL;
-  l->fate = fate_new (p->server_exits);
+  pidfd = peer_pidfd (engine_fd (e), &l->server);
+  l->fate = fate_new (p->disk, p->server_exits, pidfd);
   if (l->fate == NULL) {
     free (l);
     return NULL;
   }
   l->engine = e;
-  l->gen = ++p->last_gen;
+  l->gen = 0;                   /* set as it becomes current */
+  l->made_ms = engine_now_ms ();
   l->refs = 1;
   l->logged = 0;
+  l->stopped_others = 0;
   return l;
 }
 
@@ -305,43 +329,241 @@ set_msg (char **msg, int op, char *text)
   free (text);
 }
 
-/* Run a request, on a new connection as often as reconnect-delay
- * allows.  Returns 0 or the errno for the client (*msg says why); *gen
- * is the generation of the connection it succeeded on.
+/* Every path, for stop_others. */
+static pthread_mutex_t paths_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct path *paths;
+
+/* l's server answered NBD_ESHUTDOWN: end politely every other current
+ * connection to the same server (the same listener; when it is not
+ * known, every connection made before), so that the server can exit.
+ * Only with reconnect-delay, which their next requests then use.
+ */
+static void
+stop_others (struct path *p, struct link *l)
+{
+  int64_t now = engine_now_ms ();
+  struct path *q;
+  struct link *o;
+  int first, match;
+
+  if (p->reconnect_ms == 0)
+    return;
+  pthread_mutex_lock (&p->lock);
+  first = !l->stopped_others;
+  l->stopped_others = 1;
+  pthread_mutex_unlock (&p->lock);
+  if (!first)
+    return;
+  pthread_mutex_lock (&paths_lock);
+  for (q = paths; q != NULL; q = q->next) {
+    pthread_mutex_lock (&q->lock);
+    o = q->cur;
+    match = o != l && (l->server ? o->server == l->server :
+                       o->server == 0 && o->made_ms <= now);
+    if (match)
+      o->refs++;
+    pthread_mutex_unlock (&q->lock);
+    if (match) {
+      engine_shut_down (o->engine);
+      release (q, o);
+    }
+  }
+  pthread_mutex_unlock (&paths_lock);
+}
+
+/* l keeps more than its share of repair-memory: a flush of its own lets
+ * go of what it covers (kept.h).  One at a time per connection.
+ */
+static void
+flush_kept (struct disk *d, struct link *l)
+{
+  struct engine_request req = { .op = ENGINE_FLUSH };
+  struct engine_result res;
+  uint64_t upto;
+
+  pthread_mutex_lock (&d->lock);
+  if (l->fate->flushing) {
+    pthread_mutex_unlock (&d->lock);
+    return;
+  }
+  l->fate->flushing = 1;
+  upto = kept_upto (d);
+  pthread_mutex_unlock (&d->lock);
+  engine_command (l->engine, &req, &res);
+  free (res.msg);
+  pthread_mutex_lock (&d->lock);
+  if (res.outcome == ENGINE_OK)
+    kept_flushed (l->fate, upto);
+  l->fate->flushing = 0;
+  pthread_cond_broadcast (&d->changed);
+  pthread_mutex_unlock (&d->lock);
+}
+
+/* Before keeping count more bytes acknowledged on l: past repair-memory,
+ * wait for l's own flush, or flush now if l keeps its share (kept.h).
+ * Once: what other connections keep may stay past the bound.
+ */
+static void
+make_room (struct disk *d, struct link *l, uint64_t count, int64_t bound)
+{
+  int flushed = 0;
+
+  if (!kept_full (count))
+    return;
+  pthread_mutex_lock (&d->lock);
+  while (kept_full (count)) {
+    if (l->fate->flushing) {
+      if (bound >= 0 && engine_now_ms () >= bound)
+        break;
+      disk_wait (d, bound);
+      continue;
+    }
+    if (flushed || !kept_over_share (l->fate))
+      break;
+    pthread_mutex_unlock (&d->lock);
+    flush_kept (d, l);
+    flushed = 1;
+    pthread_mutex_lock (&d->lock);
+  }
+  pthread_mutex_unlock (&d->lock);
+}
+
+/* What serve says of a request that succeeded. */
+struct served {
+  uint64_t gen;                 /* the generation of its connection */
+  int unkept;                   /* a write that needed keeping was not */
+};
+
+/* Send req once on l and record what it means for the disk: a write's
+ * doubt, or its data kept; a flush's cover.  Returns the outcome
+ * (res filled in).
  */
 static int
-serve (struct path *p, struct engine_request *req, uint64_t *gen,
+send_once (struct client *c, struct link *l, struct engine_request *req,
+           struct sending *s, int64_t bound, struct engine_result *res,
+           struct served *sv)
+{
+  struct path *p = c->path;
+  struct disk *d = p->disk;
+  struct blob *b = NULL;
+  uint64_t upto = 0;
+  int outcome, over = 0;
+
+  if (req->op == ENGINE_FLUSH && p->keeps) {
+    pthread_mutex_lock (&d->lock);
+    upto = kept_upto (d);
+    pthread_mutex_unlock (&d->lock);
+  }
+  outcome = engine_command (l->engine, req, res);
+  if (s) {
+    /* Copied before taking the lock, while nbdkit's buffer is ours. */
+    if (outcome == ENGINE_OK && p->keeps && req->op == ENGINE_PWRITE &&
+        !(req->flags & LIBNBD_CMD_FLAG_FUA)) {
+      make_room (d, l, req->count, bound);
+      b = blob_copy (req->buf, req->count);
+    }
+    pthread_mutex_lock (&d->lock);
+    if (outcome == ENGINE_CONN_FAILED) {
+      fate_ended_locked (l->fate);
+      /* Recorded before this request answers (doubt.h). */
+      if (res->fate == ENGINE_IN_DOUBT &&
+          doubt_add (l->fate, s->id, req->offset, req->count) == -1)
+        res->fate = -1;         /* not recorded: the disk is fenced */
+    }
+    if (outcome == ENGINE_OK && p->keeps) {
+      sv->unkept = kept_write (l->fate, c->owner, req, b) == -1;
+      over = kept_over_share (l->fate);
+    }
+    else
+      blob_put (b);
+    if (p->keeps)
+      sending_end (d, s);
+    pthread_mutex_unlock (&d->lock);
+    if (over)
+      flush_kept (d, l);
+  }
+  else if (outcome == ENGINE_OK && req->op == ENGINE_FLUSH && p->keeps) {
+    pthread_mutex_lock (&d->lock);
+    kept_flushed (l->fate, upto);
+    pthread_mutex_unlock (&d->lock);
+  }
+  return outcome;
+}
+
+/* Run a request, on a new connection as often as reconnect-delay
+ * allows.  Returns 0 or the errno for the client (*msg says why).
+ */
+static int
+serve (struct client *c, struct engine_request *req, struct served *sv,
        char **msg)
 {
+  struct path *p = c->path;
+  struct disk *d = p->disk;
   struct engine_result res = { .outcome = ENGINE_OK };
   struct link *l = acquire (p), *next;
+  int64_t now = engine_now_ms ();
   /* reconnect-delay's deadline, from the first failure: libnbd fails
    * every command at once when the connection dies or is ended, and
    * refuses new ones, so that is now.
    */
   int64_t deadline = -1;
-  /* A write's identity for the fence: unique while it runs. */
-  uint64_t id = is_write (req->op) ? (uintptr_t) req : 0;
+  /* Waiting for another write or a repair keeps within the request's
+   * bounds (reconnect-delay plus twice timeout, if timeout is set): it
+   * leaves one timeout for its own send.
+   */
+  int64_t bound = p->timeout_ms > 0 ? now + p->reconnect_ms + p->timeout_ms : -1;
+  /* A write's place in the order of writes; its id is unique while it
+   * runs.
+   */
+  struct sending s = { .offset = req->offset, .end = req->offset + req->count };
+  struct sending *w = is_write (req->op) ? &s : NULL;
   char *text = NULL;
-  int r = 0;
+  int r = 0, outcome;
 
+  s.id = (uintptr_t) &s;
+  *sv = (struct served) { 0 };
   for (;;) {
-    if (id && doubts_exist ()) {
-      r = doubt_wait (id, req->offset, req->count,
-                      deadline >= 0 ? deadline :
-                      engine_now_ms () + p->reconnect_ms, &text);
+    /* A connection serves nothing before it has repaired what a failed
+     * one may have lost (kept.h).
+     */
+    outcome = ENGINE_OK;
+    if (p->keeps && kept_orphans (d)) {
+      switch (kept_repair (l->fate, l->engine, bound, &text)) {
+      case REPAIR_FAILED:
+        r = EIO;
+        break;
+      case REPAIR_CONN_FAILED:
+        /* This request was not sent: it is not in doubt. */
+        outcome = ENGINE_CONN_FAILED;
+        res = (struct engine_result) {
+          .outcome = ENGINE_CONN_FAILED, .errnum = EIO,
+          .fate = ENGINE_NOT_DONE, .msg = text,
+        };
+        text = NULL;
+        fate_ended (l->fate);
+        break;
+      }
       if (r)
         break;
     }
-    free (req->entries);
-    req->entries = NULL;
-    req->nr_entries = 0;
-    if (engine_command (l->engine, req, &res) != ENGINE_CONN_FAILED)
-      break;
-    /* Recorded before this request answers (doubt.h). */
-    if (id && res.fate == ENGINE_IN_DOUBT &&
-        doubt_add (l->fate, id, req->offset, req->count) == -1)
-      break;
+    if (outcome != ENGINE_CONN_FAILED) {
+      if (w && (r = write_begin (d, w, p->keeps,
+                                 deadline >= 0 ? deadline : now + p->reconnect_ms,
+                                 bound, &text)) != 0)
+        break;
+      free (req->entries);
+      req->entries = NULL;
+      req->nr_entries = 0;
+      outcome = send_once (c, l, req, w, bound, &res, sv);
+      if (outcome != ENGINE_CONN_FAILED)
+        break;
+      if (!w)
+        fate_ended (l->fate);
+      if (res.fate == -1)       /* a doubt could not be recorded */
+        break;
+    }
+    if (res.server_shutdown)
+      stop_others (p, l);
     if (p->reconnect_ms == 0)
       break;
     if (deadline < 0)
@@ -365,11 +587,11 @@ serve (struct path *p, struct engine_request *req, uint64_t *gen,
     }
   }
   if (l) {
-    *gen = l->gen;
+    sv->gen = l->gen;
     release (p, l);
   }
-  if (id)
-    doubt_forget (id);
+  if (w)
+    doubt_forget (d, w->id);
   if (r == 0 && res.outcome == ENGINE_OK)
     return 0;
   if (r == 0) {
@@ -436,19 +658,19 @@ covered (struct client *c, uint64_t upto, uint64_t gen)
   return 0;
 }
 
-/* A write (not a trim: one lost with a server's cache leaves the old
- * bytes, which a trim allows) is remembered, unless it had FUA, until a
- * flush covers it.
+/* A write not kept (not a trim: one lost with a server's cache leaves
+ * the old bytes, which a trim allows) is counted, unless it had FUA,
+ * until a flush covers it.
  */
 static int
 serve_write (struct client *c, struct engine_request *req, char **msg)
 {
-  uint64_t gen;
-  int r = serve (c->path, req, &gen, msg);
+  struct served sv;
+  int r = serve (c, req, &sv, msg);
 
   if (r == 0 && c->tracks && req->op != ENGINE_TRIM &&
-      !(req->flags & LIBNBD_CMD_FLAG_FUA))
-    unflushed (c, gen);
+      !(req->flags & LIBNBD_CMD_FLAG_FUA) && (!c->path->keeps || sv.unkept))
+    unflushed (c, sv.gen);
   return r;
 }
 
@@ -461,11 +683,11 @@ serve_op (void *ctx, int op, uint32_t count, uint64_t offset,
   struct engine_request req = {
     .op = op, .count = count, .offset = offset, .flags = nbd_flags,
   };
-  uint64_t gen;
+  struct served sv;
 
   if (is_write (op))
     return serve_write (c, &req, msg);
-  return serve (c->path, &req, &gen, msg);
+  return serve (c, &req, &sv, msg);
 }
 
 static int
@@ -476,9 +698,9 @@ d_pread (void *ctx, void *buf, uint32_t count, uint64_t offset,
   struct engine_request req = {
     .op = ENGINE_PREAD, .buf = buf, .count = count, .offset = offset,
   };
-  uint64_t gen;
+  struct served sv;
 
-  return serve (c->path, &req, &gen, msg);
+  return serve (c, &req, &sv, msg);
 }
 
 static int
@@ -515,36 +737,44 @@ d_zero (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
 }
 
 /* A flush covers the writes acknowledged before it began, but only on
- * the connection it succeeded on (see "Flushes" above).
+ * the connection it succeeded on: a repair has put there what a failed
+ * one may have lost (see "Flushes" above).
  */
 static int
 d_flush (void *ctx, uint32_t flags, char **msg)
 {
   struct client *c = ctx;
   struct engine_request req = { .op = ENGINE_FLUSH };
-  uint64_t upto, gen = 0;
+  struct served sv;
+  uint64_t upto;
   int r, lost;
+  const char *why = NULL;
 
-  if (!c->tracks)
-    return serve (c->path, &req, &gen, msg);
   pthread_mutex_lock (&c->lock);
   upto = c->acked;
   pthread_mutex_unlock (&c->lock);
 
-  r = serve (c->path, &req, &gen, msg);
+  r = serve (c, &req, &sv, msg);
 
   pthread_mutex_lock (&c->lock);
-  if (r == 0 && !c->lost && covered (c, upto, gen))
+  if (r == 0 && c->tracks && !c->lost && covered (c, upto, sv.gen))
     c->lost = 1;
   lost = c->lost;
   pthread_mutex_unlock (&c->lock);
-  if (lost) {
+  if (lost)
+    why = "flush: writes acknowledged on a server connection that has "
+      "since failed may have been lost with the server's write cache (a "
+      "flush on a new connection cannot cover them, and they were not "
+      "kept to be written again: repair-memory): every flush of this "
+      "client fails from now on";
+  else if (atomic_load (&c->owner->lost) ||
+           atomic_load (&c->path->disk->losses) != c->losses)
+    why = "flush: a write acknowledged earlier was lost with the server's "
+      "write cache and the server refused to take it again: every flush "
+      "of this client fails from now on";
+  if (why) {
     free (*msg);
-    *msg = strdup ("flush: writes acknowledged on a server connection "
-                   "that has since failed may have been lost with the "
-                   "server's write cache (a flush on a new connection "
-                   "cannot cover them): every flush of this client fails "
-                   "from now on");
+    *msg = strdup (why);
     r = EIO;
   }
   return r;
@@ -570,11 +800,11 @@ d_extents (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
     .flags = (flags & NBDKITGO_FLAG_REQ_ONE) ? LIBNBD_CMD_FLAG_REQ_ONE : 0,
     .context = LIBNBD_CONTEXT_BASE_ALLOCATION,
   };
-  uint64_t gen;
+  struct served sv;
   size_t i;
   int r;
 
-  r = serve (c->path, &req, &gen, msg);
+  r = serve (c, &req, &sv, msg);
   if (r == 0 && req.nr_entries < 2) {
     *msg = strdup ("block_status: the server sent no extents");
     r = EIO;
@@ -589,9 +819,20 @@ d_extents (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
   return r;
 }
 
+void
+direct_settings (int64_t repair_memory, int64_t quiesce_ms,
+                 int64_t reconnect_ms)
+{
+  disk_settings = (struct disk_settings) {
+    .repair_memory = repair_memory, .quiesce_ms = quiesce_ms,
+    .reconnect_ms = reconnect_ms,
+  };
+}
+
 struct path *
-path_new (struct engine *e, int64_t reconnect_ms, int64_t timeout_ms,
-          int server_exits, uintptr_t go_ref)
+path_new (struct engine *e, const char *export, int64_t reconnect_ms,
+          int64_t timeout_ms, int server_exits, int server_flushes,
+          uintptr_t go_ref)
 {
   struct path *p = calloc (1, sizeof *p);
   pthread_condattr_t attr;
@@ -601,27 +842,38 @@ path_new (struct engine *e, int64_t reconnect_ms, int64_t timeout_ms,
   p->reconnect_ms = reconnect_ms;
   p->timeout_ms = timeout_ms;
   p->server_exits = server_exits;
+  p->flushes = server_flushes;
+  /* A server without flush makes every write stable before it answers:
+   * nothing to keep.
+   */
+  p->keeps = server_flushes && disk_settings.repair_memory > 0;
   p->go_ref = go_ref;
-  if ((p->cur = link_new (p, e)) == NULL) {
+  if ((p->disk = disk_get (export)) == NULL ||
+      (p->cur = link_new (p, e)) == NULL) {
     free (p);
     return NULL;
   }
+  p->cur->gen = ++p->last_gen;
   pthread_mutex_init (&p->lock, NULL);
   pthread_condattr_init (&attr);
   pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
   pthread_cond_init (&p->changed, &attr);
   pthread_condattr_destroy (&attr);
+  pthread_mutex_lock (&paths_lock);
+  p->next = paths;
+  paths = p;
+  pthread_mutex_unlock (&paths_lock);
   return p;
 }
 
 void
 path_install (struct path *p, struct engine *e)
 {
-  struct link *l, *old = NULL;
+  struct link *l = link_new (p, e), *old = NULL;
 
   pthread_mutex_lock (&p->lock);
-  l = link_new (p, e);
   if (l) {
+    l->gen = ++p->last_gen;
     old = unref (p->cur);
     p->cur = l;
   }
@@ -645,6 +897,13 @@ path_redial_failed (struct path *p)
 void
 path_free (struct path *p)
 {
+  struct path **pp;
+
+  pthread_mutex_lock (&paths_lock);
+  for (pp = &paths; *pp != p; pp = &(*pp)->next)
+    ;
+  *pp = p->next;
+  pthread_mutex_unlock (&paths_lock);
   pthread_mutex_lock (&p->lock);
   while (p->closing > 0)
     pthread_cond_wait (&p->changed, &p->lock);
@@ -656,20 +915,25 @@ path_free (struct path *p)
 }
 
 struct client *
-client_new (struct path *p, int server_flushes)
+client_new (struct path *p)
 {
   struct client *c = calloc (1, sizeof *c);
 
   if (c == NULL)
     return NULL;
+  if ((c->owner = owner_new ()) == NULL) {
+    free (c);
+    return NULL;
+  }
   c->ops = (struct nbdkitgo_direct) {
     .ctx = c, .pread = d_pread, .pwrite = d_pwrite, .flush = d_flush,
     .trim = d_trim, .zero = d_zero, .cache = d_cache,
     .extents = d_extents,
   };
   c->path = p;
+  c->losses = atomic_load (&p->disk->losses);
   /* Without reconnecting, a connection never follows another. */
-  c->tracks = server_flushes && p->reconnect_ms > 0;
+  c->tracks = p->flushes && p->reconnect_ms > 0;
   pthread_mutex_init (&c->lock, NULL);
   return c;
 }
@@ -681,6 +945,7 @@ client_free (struct client *c)
 {
   if (c == NULL)
     return;
+  owner_put (c->owner);
   pthread_mutex_destroy (&c->lock);
   free (c);
 }

@@ -16,13 +16,21 @@
 struct path;
 struct client;
 
-/* A path over e (which it owns from now on).  reconnect_ms: see
- * reconnect-delay (0: off); timeout_ms bounds closing connections;
- * server_exits: closing a connection ends its server (command=); go_ref
- * is handed to nbdgoRedial.
+/* The settings of repair-memory=, quiesce-time= (-1: not given) and
+ * reconnect-delay=, before the first path.
  */
-struct path *path_new (struct engine *e, int64_t reconnect_ms,
-                       int64_t timeout_ms, int server_exits,
+void direct_settings (int64_t repair_memory, int64_t quiesce_ms,
+                      int64_t reconnect_ms);
+
+/* A path over e (which it owns from now on) to export's disk.
+ * reconnect_ms: see reconnect-delay (0: off); timeout_ms bounds closing
+ * connections; server_exits: closing a connection ends its server
+ * (command=); server_flushes: the server accepts flush (so it may cache
+ * acknowledged writes); go_ref is handed to nbdgoRedial.
+ */
+struct path *path_new (struct engine *e, const char *export,
+                       int64_t reconnect_ms, int64_t timeout_ms,
+                       int server_exits, int server_flushes,
                        uintptr_t go_ref);
 /* A redial succeeded: e replaces the current connection, which is
  * closed in the background once no request uses it.  Never waits.
@@ -35,10 +43,8 @@ void path_redial_failed (struct path *p);
  */
 void path_free (struct path *p);
 
-/* An nbdkit connection's data path over p.  server_flushes: the server
- * accepts flush (so it may cache acknowledged writes).
- */
-struct client *client_new (struct path *p, int server_flushes);
+/* An nbdkit connection's data path over p. */
+struct client *client_new (struct path *p);
 const struct nbdkitgo_direct *client_ops (struct client *c);
 void client_free (struct client *c);
 

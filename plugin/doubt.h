@@ -14,65 +14,56 @@
  * The server's having closed the connection is no sign that it is done
  * (qemu-nbd closes first).
  *
- * The rule, for the whole process (every connection of this nbdkit
- * reaches the same disk):
+ * The rule, per disk (disk.h):
  *  - a write (pwrite, zero, trim) is sent only when no write in doubt
  *    overlaps it, other than earlier copies of itself: resending a write
  *    in doubt is safe, since its old copy holds the same bytes;
- *  - a doubt ends only when the server that had the write can no longer
- *    carry it out.  This process knows that only of a server it started
- *    (command=), once that server has exited.  Any other doubt is for
- *    good: nothing a server says on another connection proves that an
- *    older one is done;
- *  - a write that overlaps a doubt which can end waits for it within the
- *    request's bounds (reconnect-delay), then fails with EIO; a write
- *    that overlaps a doubt for good fails with EIO at once.
+ *  - a doubt ends on evidence that the server which had the write can no
+ *    longer carry it out (fate_done): its process has exited (a server
+ *    on a Unix socket of this host whose process the plugin could tell
+ *    for certain: peer.h); quiesce-time= has passed since its connection
+ *    ended (the user's declaration); or the server command= started has
+ *    exited.  Without any of these a doubt is for good: nothing a server
+ *    says on another connection proves that an older one is done;
+ *  - a write that overlaps a doubt which will end waits for it within
+ *    the request's window (reconnect-delay), then goes; one that overlaps
+ *    a doubt for good, or one that will outlast the window, fails with
+ *    EIO at once.
  * A refused write is not a lost write: its client is told.  Reads are not
  * held: they may return the old or the new bytes of a write in doubt,
  * both of which were written.
  *
- * Invariants.  One mutex protects the list of doubts and every fate; a
- * condition variable wakes writes waiting on a doubt that ended.  A
- * doubt is recorded before the request it belongs to answers its client
- * (direct.c), so that any write the client sends after that answer finds
- * it.  A fate lives while its creator or a doubt refers to it.  Doubts
- * for good whose requests are over are merged, so their number is bounded
- * by the number of separate ranges, not of failures.
+ * Invariants (besides disk.h's).  A doubt is recorded under disk.lock
+ * before its write leaves disk.sending, so that the next overlapping
+ * write finds it.  Doubts for good whose requests are over are merged,
+ * so their number is bounded by the number of separate ranges, not of
+ * failures; doubts whose fate is done are removed as they are found.
  */
 #ifndef NBDGO_DOUBT_H
 #define NBDGO_DOUBT_H
 
 #include <stdint.h>
 
-/* What is known of a server connection whose writes may be in doubt. */
-struct fate;
+#include "disk.h"
 
-/* can_end: whether this process will learn that the server has exited
- * (fate_end).  NULL on ENOMEM.
- */
-struct fate *fate_new (int can_end);
-/* The server can no longer carry anything out: its doubts end. */
-void fate_end (struct fate *f);
-/* Drop the creator's reference. */
-void fate_put (struct fate *f);
-
-/* Record that write id (any number other than 0 that no other running
- * write has), sent under f, is in doubt.  -1 if it could not
- * be recorded (ENOMEM): every write is then refused, rather than risk
- * one.
+/* Record that write id (unique while it runs), sent on a connection of
+ * f, is in doubt (d->lock held).  -1 on ENOMEM: every write of the disk
+ * is then refused, rather than risk one.
  */
 int doubt_add (struct fate *f, uint64_t id, uint64_t offset, uint64_t count);
-/* Write id's request is over: its doubts no longer let anything through. */
-void doubt_forget (uint64_t id);
-/* Whether any write is in doubt, or writes are refused: cheap, for the
- * path of every write.
+/* Write id's request is over: its doubts no longer let its copies by. */
+void doubt_forget (struct disk *d, uint64_t id);
+/* Remove the doubts whose fate is done (d->lock held). */
+void doubts_sweep (struct disk *d);
+
+/* The fence every write passes before it is sent.  Waits until no
+ * doubt other than s->id's overlaps s (until doubt_deadline_ms) and, if
+ * order is set, no write being sent does (until order_deadline_ms, -1:
+ * no limit), then puts s on d->sending (if order): 0.  Else EIO, with
+ * *msg (malloc'd) saying why.
  */
-int doubts_exist (void);
-/* Wait until no doubt other than id's overlaps [offset, offset+count),
- * or until deadline_ms (engine_now_ms clock).  0 if none does, else EIO
- * with *msg (malloc'd) saying why.
- */
-int doubt_wait (uint64_t id, uint64_t offset, uint64_t count,
-                int64_t deadline_ms, char **msg);
+int write_begin (struct disk *d, struct sending *s, int order,
+                 int64_t doubt_deadline_ms, int64_t order_deadline_ms,
+                 char **msg);
 
 #endif

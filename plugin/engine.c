@@ -62,11 +62,14 @@ struct engine {
   _Atomic int timed_out;        /* ended because of a timeout */
   char *_Atomic cause;          /* libnbd's first error on this connection */
 
-  /* The server answered a command with NBD_ESHUTDOWN: no command is
+  /* The server answered a command with NBD_ESHUTDOWN (server_shutdown),
+   * or said so on another connection (engine_shut_down): no command is
    * sent from then on, and NBD_CMD_DISC is (disc_sent, under io_lock).
    */
   _Atomic int shutting_down;
+  _Atomic int server_shutdown;
   int disc_sent;
+  int tls;                      /* TLS was negotiated */
 };
 
 /* Bits of struct cmd.state, the futex word. */
@@ -90,7 +93,16 @@ struct cmd {
   /* set when libnbd refused the command (it was never sent) */
   int refused, refused_errno, refused_dead;
   char *refused_msg;
+  /* Set by the thread issuing it: libnbd sends it in that very call,
+   * being idle (READY, nothing queued).  A completion during the call
+   * is then the connection dying while it was being sent: unsent (see
+   * issue).
+   */
+  int from_ready, unsent;
 };
+
+/* The command this thread is handing to libnbd, during the call. */
+static __thread struct cmd *issuing;
 
 int64_t
 engine_now_ms (void)
@@ -270,11 +282,15 @@ on_complete (void *user_data, int *error)
   struct cmd *c = user_data;
 
   c->error = *error;
+  if (c == issuing && c->from_ready)
+    c->unsent = 1;
   /* The server is going away: no more commands (see engine.h).  libnbd's
    * lock is held here, so NBD_CMD_DISC waits for drain_and_unlock.
    */
-  if (*error == ESHUTDOWN)
+  if (*error == ESHUTDOWN) {
+    atomic_store (&c->engine->server_shutdown, 1);
     atomic_store (&c->engine->shutting_down, 1);
+  }
   signal_cmd (c, DONE);
   return 1;                     /* retire the command */
 }
@@ -320,6 +336,15 @@ issue (struct engine *e, struct cmd *c)
     signal_cmd (c, DONE);
     return;
   }
+  /* A write libnbd sends now, in this call, is not in doubt if the
+   * connection dies in the call: it died while the write was being
+   * sent, and no server carries out a write it has not read whole.  Not
+   * with TLS, where libnbd may also read in the call after sending.
+   */
+  c->from_ready = !e->tls &&
+    (op == ENGINE_PWRITE || op == ENGINE_ZERO || op == ENGINE_TRIM) &&
+    nbd_aio_is_ready (e->nbd) == 1;
+  issuing = c;
   switch (op) {
   case ENGINE_PREAD:
     cookie = nbd_aio_pread (e->nbd, r->buf, r->count, r->offset, cb,
@@ -350,6 +375,7 @@ issue (struct engine *e, struct cmd *c)
     errno = EINVAL;
     cookie = -1;
   }
+  issuing = NULL;
   if (cookie == -1) {
     c->refused = 1;
     c->refused_dead = dead (e);
@@ -630,8 +656,13 @@ conn_failed_msg (struct engine *e, int errnum)
                   e->timeout_ms / 1000.0) == -1)
       return NULL;
   }
-  else if (atomic_load (&e->shutting_down)) {
+  else if (atomic_load (&e->server_shutdown)) {
     if (asprintf (&msg, "the server is shutting down (NBD_ESHUTDOWN)") == -1)
+      return NULL;
+  }
+  else if (atomic_load (&e->shutting_down)) {
+    if (asprintf (&msg, "the server is shutting down (NBD_ESHUTDOWN on "
+                  "another connection to it)") == -1)
       return NULL;
   }
   else if (asprintf (&msg, "server connection failed: %s",
@@ -669,11 +700,12 @@ engine_command (struct engine *e, struct engine_request *req,
   if (c.refused || c.error == ESHUTDOWN || c.error == ENOTCONN ||
       (c.error && dead (e))) {
     res->outcome = ENGINE_CONN_FAILED;
-    if (c.refused || c.error == ESHUTDOWN ||
-        (atomic_load (&e->shutting_down) && server_closed (e)))
+    if (c.refused || c.unsent || c.error == ESHUTDOWN ||
+        (atomic_load (&e->server_shutdown) && server_closed (e)))
       res->fate = ENGINE_NOT_DONE;
     else
       res->fate = ENGINE_IN_DOUBT;
+    res->server_shutdown = atomic_load (&e->server_shutdown);
     res->timed_out = atomic_load (&e->timed_out);
     res->errnum = c.error ? c.error : ENOTCONN;
     /* NBD has no ETIMEDOUT; nbdkit would send EINVAL, which blames
@@ -713,9 +745,26 @@ engine_new (struct nbd_handle *nbd, int64_t timeout_ms)
   }
   e->nbd = nbd;
   e->timeout_ms = timeout_ms;
+  e->tls = nbd_get_tls_negotiated (nbd) == 1;
   pthread_mutex_init (&e->lock, NULL);
   pthread_mutex_init (&e->io_lock, NULL);
   return e;
+}
+
+int
+engine_fd (struct engine *e)
+{
+  return e->sock_fd;
+}
+
+void
+engine_shut_down (struct engine *e)
+{
+  if (atomic_exchange (&e->shutting_down, 1))
+    return;
+  /* NBD_CMD_DISC goes now if nothing is in flight, else after what is. */
+  pthread_mutex_lock (&e->io_lock);
+  drain_and_unlock (e);
 }
 
 /* Say goodbye to the server (NBD_CMD_DISC) and wait until deadline for

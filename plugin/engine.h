@@ -67,29 +67,23 @@
  *  client to disconnect politely: the engine sends NBD_CMD_DISC (under
  *  io_lock, by whoever holds it next), sends no more commands (they are
  *  refused, ENGINE_NOT_DONE), and lets the commands in flight finish.
+ *  engine_shut_down does the same for a connection whose server said so
+ *  on another one (server_shutdown tells the two apart).
  *
  *  What a failed command may still do.  NBD cannot cancel a command, and
  *  a server may carry out a command it has read after the connection has
  *  ended (qemu-nbd applies a pending write after it has closed the
  *  connection).  So a command the connection's end failed is reported
  *  ENGINE_IN_DOUBT when it was sent and not answered, and ENGINE_NOT_DONE
- *  only when it certainly will not be carried out: it never left this
- *  process, or the server answered NBD_ESHUTDOWN, or the server had
- *  announced its shutdown (NBD_ESHUTDOWN to any command) and then closed
- *  the connection without answering it.  The last rests on the protocol:
- *  a server shutting down services its requests in flight before it
- *  disconnects, so what it left unanswered it will not do.
- *
- *  The rule for writes built on this (doubt.h has it in full): a write
- *  in doubt may be sent again as itself (the same bytes, so its old copy
- *  landing later changes nothing), but no other write over the same
- *  bytes is sent while the server that had it might still carry it out,
- *  which this process can know to be over only for a server it started
- *  and has seen exit.  Such a write fails with EIO instead: a refused
- *  write is not a lost write, whereas an acknowledged one overwritten by
- *  an older copy is lost without a word.  Closing the connection is no
- *  sign that the server is done: qemu-nbd closes first and applies a
- *  pending write seconds later.
+ *  only when it certainly will not be carried out: it never wholly left
+ *  this process (libnbd refused it, or the connection died in the very
+ *  call that was sending it), or the server answered NBD_ESHUTDOWN, or
+ *  the server had announced its shutdown (NBD_ESHUTDOWN to any command
+ *  on this connection) and then closed the connection without answering
+ *  it.  The last rests on the protocol: a server shutting down services
+ *  its requests in flight before it disconnects, so what it left
+ *  unanswered it will not do.  doubt.h has the rule for writes built on
+ *  this.
  *
  * Not thread-safe: engine_new and engine_close (no command may be
  * running).  Thread-safe: everything else.
@@ -145,6 +139,8 @@ struct engine_result {
   int errnum;                   /* the errno for the client, if not OK */
   int timed_out;                /* the connection was ended for a timeout */
   int fate;                     /* CONN_FAILED: enum engine_fate */
+  int server_shutdown;          /* CONN_FAILED: the server said
+                                   NBD_ESHUTDOWN on this connection */
   char *msg;                    /* malloc'd message, or NULL */
 };
 
@@ -161,6 +157,15 @@ int engine_command (struct engine *e, struct engine_request *req,
  * announced its shutdown.
  */
 int engine_is_dead (struct engine *e);
+
+/* The server is shutting down (it said so on another connection): send
+ * no more commands, and NBD_CMD_DISC once those in flight are answered,
+ * so that it can exit.  Never waits for the server.
+ */
+void engine_shut_down (struct engine *e);
+
+/* The engine's descriptor of the connection's socket (for peer.h). */
+int engine_fd (struct engine *e);
 
 /* End the connection politely (waiting at most timeout_ms, 0: no limit,
  * then ending it at once and, for a server we started, killing it) and

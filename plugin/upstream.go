@@ -58,14 +58,23 @@ func newUpstream(export string) (*upstream, error) {
 	}
 	u := &upstream{export: export, facts: facts}
 	u.ref = cgo.NewHandle(u)
+	quiesce := int64(-1)
+	if cfg.quiesceGiven {
+		quiesce = cfg.quiesce.Milliseconds()
+	}
+	C.direct_settings(C.int64_t(cfg.repairMemory), C.int64_t(quiesce),
+		C.int64_t(cfg.reconnectDelay.Milliseconds()))
 	// A server that command= started exits when its connection is
 	// closed, which ends the doubt over writes it was sent (doubt.h).
 	serverExits := C.int(0)
 	if cfg.command != "" {
 		serverExits = 1
 	}
-	u.path = C.path_new(e, C.int64_t(cfg.reconnectDelay.Milliseconds()),
-		C.int64_t(cfg.timeout.Milliseconds()), serverExits, C.uintptr_t(u.ref))
+	cexport := C.CString(export)
+	defer C.free(unsafe.Pointer(cexport))
+	u.path = C.path_new(e, cexport, C.int64_t(cfg.reconnectDelay.Milliseconds()),
+		C.int64_t(cfg.timeout.Milliseconds()), serverExits, cbool(facts.flush),
+		C.uintptr_t(u.ref))
 	if u.path == nil {
 		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
 		u.ref.Delete()
@@ -101,7 +110,7 @@ type client struct{ c *C.struct_client }
 
 // newClient starts a client's data path; it must be freed.
 func (u *upstream) newClient() (client, error) {
-	c := C.client_new(u.path, cbool(u.facts.flush))
+	c := C.client_new(u.path)
 	if c == nil {
 		return client{}, syscall.ENOMEM
 	}

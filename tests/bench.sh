@@ -27,6 +27,9 @@
 #   BENCH_SHARED   which of those rows: 0 a server connection per client,
 #                  1 shared=true on both plugins (default "0 1")
 #   PLUGIN         the plugin to test (default ./nbdkit-nbd-go-plugin.so)
+#   PLUGIN_B       another build of it (say the one before a change): a
+#                  target "b" beside the others, in the same rounds, and
+#                  a column ours/B
 #
 # Many clients: after the transports, over a Unix socket, fio runs 4k
 # random reads at depth 4 on N connections at once (numjobs=N, each job
@@ -47,6 +50,8 @@ set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 plugin=${PLUGIN:-$top/nbdkit-nbd-go-plugin.so}
 case $plugin in /*) ;; *) plugin=$PWD/$plugin ;; esac
+plugin_b=${PLUGIN_B:-}
+case $plugin_b in /*|"") ;; *) plugin_b=$PWD/$plugin_b ;; esac
 rounds=${BENCH_ROUNDS:-3}
 runtime=${BENCH_RUNTIME:-5}
 transports=${BENCH_TRANSPORTS:-unix tcp tls}
@@ -105,6 +110,7 @@ workloads=(
   "randread-4k-qd32 randread 4k 32"
   "randwrite-4k-qd32 randwrite 4k 32"
   "read-256k-qd8 read 256k 8"
+  "write-256k-qd8 write 256k 8"
   "write-1M-qd4 write 1M 4"
 )
 
@@ -131,6 +137,10 @@ start_targets() {
     rsspid[c]=$!; uri[c]="nbd+unix:///?socket=$dir/c.sock"
     nbdkit -f "${threads[@]}" -U "$dir/go.sock" "$plugin" socket="$dir/server.sock" & pids+=($!)
     rsspid[go]=$!; uri[go]="nbd+unix:///?socket=$dir/go.sock"
+    if [ -n "$plugin_b" ]; then
+      nbdkit -f "${threads[@]}" -U "$dir/b.sock" "$plugin_b" socket="$dir/server.sock" & pids+=($!)
+      rsspid[b]=$!; uri[b]="nbd+unix:///?socket=$dir/b.sock"
+    fi
     qemu-nbd -t -k "$dir/qemu.sock" -f raw "nbd+unix:///?socket=$dir/server.sock" & pids+=($!)
     rsspid[qemu]=$!; uri[qemu]="nbd+unix:///?socket=$dir/qemu.sock"
     ;;
@@ -153,10 +163,15 @@ start_targets() {
     p=$(free_port)
     nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" "$plugin" hostname=127.0.0.1 port="$sport" "${ptls[@]}" & pids+=($!)
     rsspid[go]=$!; uri[go]="nbd://127.0.0.1:$p"
+    if [ -n "$plugin_b" ]; then
+      p=$(free_port)
+      nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" "$plugin_b" hostname=127.0.0.1 port="$sport" "${ptls[@]}" & pids+=($!)
+      rsspid[b]=$!; uri[b]="nbd://127.0.0.1:$p"
+    fi
     unset 'rsspid[qemu]' 'uri[qemu]'
     ;;
   esac
-  for p in c go qemu; do
+  for p in c go b qemu; do
     if [ -n "${uri[$p]:-}" ]; then wait_ready "${uri[$p]}"; fi
   done
 }
@@ -211,6 +226,7 @@ for tr in $transports; do
   # fio's nbd engine refuses URIs that name local files (tls-psk-file),
   # so over TLS there is no direct figure: use TCP's as the ceiling.
   [ "$tr" = tls ] && targets="c go"
+  [ -n "${uri[b]:-}" ] && targets="$targets b"
   [ -n "${uri[qemu]:-}" ] && targets="$targets qemu"
   if [ -n "${BENCH_TARGETS:-}" ]; then
     sel=
@@ -229,7 +245,7 @@ for tr in $transports; do
       done
     done
   done
-  for t in c go qemu; do
+  for t in c go b qemu; do
     [ -n "${rsspid[$t]:-}" ] || continue
     awk '/^VmHWM/ {print $2}' "/proc/${rsspid[$t]}/status" > "$dir/res/rss_${tr}_$t"
   done
@@ -310,8 +326,8 @@ import json, os, statistics, sys
 res = sys.argv[1]
 transports = [t for t in sys.argv[2].split() if t != "none"]
 wls = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32",
-       "read-256k-qd8", "write-1M-qd4"]
-targets = ["direct", "c", "go", "qemu"]
+       "read-256k-qd8", "write-256k-qd8", "write-1M-qd4"]
+targets = ["direct", "c", "go", "b", "qemu"]
 runs = {}
 for f in os.listdir(res):
     if not f.endswith(".json"):
@@ -331,7 +347,10 @@ def med(tr, wl, t):
 def ratio(a, b):
     return "%.2f" % (a / b) if a and b else "-"
 
+have_b = any(k[2] == "b" for k in runs)
 hdr = ("scenario", "direct", "C nbd", "ours", "qemu-nbd", "ours/C", "ours/direct")
+if have_b:
+    hdr += ("B", "ours/B")
 rows = []
 for tr in transports:
     for wl in wls:
@@ -339,25 +358,32 @@ for tr in transports:
         if not any(m.values()):
             continue
         cell = lambda t: "-" if m[t] is None else "%.0f/%.0f" % m[t]
-        g, c, d = m["go"], m["c"], m["direct"]
-        rows.append(("%s %s" % (tr, wl), cell("direct"), cell("c"), cell("go"),
-                     cell("qemu"), ratio(g and g[0], c and c[0]),
-                     ratio(g and g[0], d and d[0])))
+        g, c, d, b = m["go"], m["c"], m["direct"], m["b"]
+        row = ("%s %s" % (tr, wl), cell("direct"), cell("c"), cell("go"),
+               cell("qemu"), ratio(g and g[0], c and c[0]),
+               ratio(g and g[0], d and d[0]))
+        if have_b:
+            row += (cell("b"), ratio(g and g[0], b and b[0]))
+        rows.append(row)
 for tr in transports:
     def rss(t):
         p = os.path.join(res, "rss_%s_%s" % (tr, t))
         return int(open(p).read()) / 1024 if os.path.exists(p) else None
-    r = {t: rss(t) for t in ("c", "go", "qemu")}
+    r = {t: rss(t) for t in ("c", "go", "b", "qemu")}
     f = lambda x: "-" if x is None else "%.1f" % x
-    rows.append(("%s peak RSS MiB" % tr, "-", f(r["c"]), f(r["go"]), f(r["qemu"]),
-                 "%+.1f" % (r["go"] - r["c"]) if r["go"] and r["c"] else "-", "-"))
+    row = ("%s peak RSS MiB" % tr, "-", f(r["c"]), f(r["go"]), f(r["qemu"]),
+           "%+.1f" % (r["go"] - r["c"]) if r["go"] and r["c"] else "-", "-")
+    if have_b:
+        row += (f(r["b"]), "%+.1f" % (r["go"] - r["b"]) if r["go"] and r["b"] else "-")
+    rows.append(row)
 def startup(t):
     p = os.path.join(res, "startup_" + t)
     return statistics.median(int(x) for x in open(p)) / 1000 if os.path.exists(p) else None
 s = {t: startup(t) for t in ("c", "go", "qemu")}
 f = lambda x: "-" if x is None else "%.0f" % x
 rows.append(("startup ms (unix)", "-", f(s["c"]), f(s["go"]), f(s["qemu"]),
-             "%+.0f" % (s["go"] - s["c"]) if s["go"] and s["c"] else "-", "-"))
+             "%+.0f" % (s["go"] - s["c"]) if s["go"] and s["c"] else "-", "-")
+            + (("-", "-") if have_b else ()))
 w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
 print("IOPS/MiB/s, median of rounds; ratios are of IOPS (RSS, startup: ours-C)")
 for i, row in enumerate([hdr] + rows):

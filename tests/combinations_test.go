@@ -4,7 +4,10 @@ package tests
 
 // The space of parameters, not examples: every combination of connection
 // mode x shared x reconnect-delay x retry x timeout x dynamic-export x
-// export is either refused before nbdkit serves, or served.  A served
+// export is either refused before nbdkit serves, or served.  The
+// parameters that no rule ties to the others (repair-memory,
+// quiesce-time) take each of their values in turn across that space,
+// so that each value meets every mode, shared= and each other value.  A served
 // one is used by clients one after the other and two at once, its
 // server is killed under a connected client, and afterwards nbdkit's
 // fds, threads and child processes are back where they were.
@@ -26,6 +29,7 @@ type combo struct {
 	mode                              string // socket, tcp, uri, command, socket-fd
 	shared, reconnect, retry, timeout string // "" when not given
 	dynamicExport, export             string
+	repairMemory, quiesce             string
 }
 
 func (c combo) params() []string {
@@ -41,18 +45,22 @@ func (c combo) params() []string {
 	add("timeout", c.timeout)
 	add("dynamic-export", c.dynamicExport)
 	add("export", c.export)
+	add("repair-memory", c.repairMemory)
+	add("quiesce-time", c.quiesce)
 	return p
 }
 
 // String names the combination briefly (its temporary directories,
 // where the sockets are, are named after it, and a Unix socket's path
 // is short): mode, shared=, then R reconnect-delay, r retry, T timeout,
-// D dynamic-export, E export for those given.
+// D dynamic-export, E export, M repair-memory, Q quiesce-time for those
+// given.
 func (c combo) String() string {
 	letters := ""
 	for _, p := range []struct{ value, letter string }{
 		{c.reconnect, "R"}, {c.retry, "r"}, {c.timeout, "T"},
-		{c.dynamicExport, "D"}, {c.export, "E"},
+		{c.dynamicExport, "D"}, {c.export, "E"}, {c.repairMemory, "M"},
+		{c.quiesce, "Q"},
 	} {
 		if p.value != "" {
 			letters += p.letter
@@ -85,6 +93,22 @@ func (c combo) sharedConn() bool {
 	return c.shared == "true" || c.mode == "command" || c.mode == "socket-fd"
 }
 
+// orthogonal are the values of repair-memory and quiesce-time, taken in
+// turn: none, nothing kept with a declared quiesce, a small memory (so
+// that the plugin flushes on its own) with quiesce 0, and a quiesce alone.
+var orthogonal = [][2]string{{"", ""}, {"0", "2"}, {"64K", "0"}, {"", "2"}}
+
+// digitSum adds up i's digits in base 4: stepping any one loop of
+// allCombos changes it, so each value of orthogonal meets each value
+// of every other parameter.
+func digitSum(i int) int {
+	sum := 0
+	for ; i > 0; i /= 4 {
+		sum += i % 4
+	}
+	return sum
+}
+
 // allCombos enumerates the space.
 func allCombos() []combo {
 	var out []combo
@@ -95,7 +119,8 @@ func allCombos() []combo {
 					for _, timeout := range []string{"", "10"} {
 						for _, dyn := range []string{"", "true"} {
 							for _, export := range []string{"", "e1"} {
-								out = append(out, combo{mode, shared, reconnect, retry, timeout, dyn, export})
+								o := orthogonal[digitSum(len(out))%len(orthogonal)]
+								out = append(out, combo{mode, shared, reconnect, retry, timeout, dyn, export, o[0], o[1]})
 							}
 						}
 					}

@@ -76,6 +76,10 @@ func configErrors(server string) []configError {
 		{[]string{s, "timeout=1e-12"}, []string{"timeout=1e-12"}, false},
 		{[]string{s, "reconnect-delay=0.0001"}, []string{"reconnect-delay=0.0001"}, false},
 		{[]string{s, "timeout=-1"}, []string{"timeout=-1"}, false},
+		{[]string{s, "quiesce-time=soon"}, []string{"quiesce-time=soon"}, false},
+		{[]string{s, "repair-memory=32X"}, []string{"repair-memory=32X"}, false},
+		{[]string{s, "repair-memory=-1"}, []string{"repair-memory=-1"}, false},
+		{[]string{s, "repair-memory=99999999E"}, []string{"repair-memory=99999999E"}, false},
 		// Unknown keys.
 		{[]string{s, "frobnicate=7"}, []string{"frobnicate=7"}, true},
 		{[]string{s, "bogus=1"}, []string{"bogus=1"}, true},

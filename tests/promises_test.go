@@ -22,22 +22,31 @@ import (
 )
 
 // A server with a write-back cache acknowledges a write and is killed:
-// the write is gone.  The client's next flush, resent on the new
-// connection, must fail (a success would promise the write is on
-// stable storage), and so must every later one (the plugin cannot tell
-// which flush the client sent after it saw the write acknowledged).  A
-// client that had flushed, or had not written, is not bothered.
-func TestFlushFailsAfterLostCache(t *testing.T) {
+// the write is gone.  The plugin kept it (repair-memory=), finds it
+// missing on the new server, writes it again before the new connection
+// serves anything, and says so: the client's flushes succeed, truthfully,
+// and it reads its write back.  With repair-memory=0 nothing is kept:
+// the client's next flush must fail (a success would promise the write
+// is on stable storage), and so must every later one (the plugin cannot
+// tell which flush the client sent after it saw the write acknowledged).
+// A client that had flushed, or had not written, is not bothered.
+func TestFlushAfterLostCache(t *testing.T) {
 	need(t, pythonNbd, "nbdkit-file-plugin", "nbdkit-cache-filter")
-	for _, shared := range []string{"false", "true"} {
-		t.Run("shared="+shared, func(t *testing.T) {
-			disk := diskFile(t, 1<<20)
-			server := start(t, procOpts{}, "--filter=cache", "file", disk, "cache=writeback")
-			proxy := start(t, procOpts{}, plugin, "socket="+server.sock, "reconnect-delay=10", "shared="+shared)
-			// Client 1 writes and flushes; then client 0 writes and does
-			// not flush (the server's flush covers every connection's
-			// writes); client 2 only reads.
-			c := startPython(t, `
+	for _, tc := range []struct {
+		name, param, flushes, data, log string
+	}{
+		{"repaired", "repair-memory=32M", "ok ok ok ok", "True True", "repair: the server had lost 1 of 1 unflushed writes"},
+		{"not-kept", "repair-memory=0", "failed failed ok ok", "False True", "may have been lost with the server's write cache"},
+	} {
+		for _, shared := range []string{"false", "true"} {
+			t.Run(tc.name+"/shared="+shared, func(t *testing.T) {
+				disk := diskFile(t, 1<<20)
+				server := start(t, procOpts{}, "--filter=cache", "file", disk, "cache=writeback")
+				proxy := start(t, procOpts{}, plugin, "socket="+server.sock, "reconnect-delay=10", "shared="+shared, tc.param)
+				// Client 1 writes and flushes; then client 0 writes and
+				// does not flush (the server's flush covers every
+				// connection's writes); client 2 only reads.
+				c := startPython(t, `
 import nbd, sys
 hs = [nbd.NBD() for i in range(3)]
 for h in hs: h.connect_unix(sys.argv[1])
@@ -57,23 +66,22 @@ h = nbd.NBD(); h.connect_unix(sys.argv[1])
 h.pwrite(b"C" * 512, 0); h.flush()
 print("new connection ok")
 `, proxy.sock)
-			c.expect(t, "written", 20*time.Second)
-			server.kill() // the cache dies with it
-			server.relaunch()
-			fmt.Fprintln(c.stdin, "go")
-			if got := c.expect(t, "", 30*time.Second); got != "failed failed ok ok" {
-				t.Fatalf("flushes after the lost cache: %q, want \"failed failed ok ok\" "+
-					"(client 0's flushes must fail; the others' must not)", got)
-			}
-			if got := c.expect(t, "", 10*time.Second); got != "False True" {
-				t.Fatalf("data after the restart (A lost, B flushed): %q", got)
-			}
-			// Connecting again starts afresh.
-			c.expect(t, "new connection ok", 10*time.Second)
-			// Logged before the client had its answer; copied from nbdkit's
-			// stderr a moment later.
-			proxy.waitStderr(t, "may have been lost with the server's write cache", 1, 30*time.Second)
-		})
+				c.expect(t, "written", 20*time.Second)
+				server.kill() // the cache dies with it
+				server.relaunch()
+				fmt.Fprintln(c.stdin, "go")
+				if got := c.expect(t, "", 30*time.Second); got != tc.flushes {
+					t.Fatalf("flushes after the lost cache: %q, want %q", got, tc.flushes)
+				}
+				if got := c.expect(t, "", 10*time.Second); got != tc.data {
+					t.Fatalf("data after the restart (A, B read back): %q, want %q", got, tc.data)
+				}
+				c.expect(t, "new connection ok", 10*time.Second)
+				// Logged before the client had its answer; copied from
+				// nbdkit's stderr a moment later.
+				proxy.waitStderr(t, tc.log, 1, 30*time.Second)
+			})
+		}
 	}
 }
 
@@ -263,13 +271,15 @@ def write(name, off):
 // (the same bytes again).  The server may still apply the first copy,
 // so write B over A must not be acknowledged: it fails, and keeps
 // failing, while a write elsewhere works.  Once the first copy has
-// landed, the disk holds A.
+// landed, the disk holds A.  Over TCP the plugin cannot tell when the
+// server is done: the doubt is for good.
 func TestWriteInDoubtFencesLaterWrites(t *testing.T) {
 	need(t, pythonNbd)
 	disk := diskFile(t, 1<<20)
 	args, release, applied := slowWriteArgs(t, disk)
-	server := start(t, procOpts{}, args...)
-	proxy := start(t, procOpts{}, plugin, "socket="+server.sock, "timeout=1", "reconnect-delay=10")
+	server := start(t, procOpts{tcp: true}, args...)
+	proxy := start(t, procOpts{}, plugin, "hostname=127.0.0.1", fmt.Sprintf("port=%d", server.port),
+		"timeout=1", "reconnect-delay=10")
 	out := python(t, writes+`print(write("A", 0), write("B", 0), write("C", 8192), write("B", 2048))`, proxy.sock)
 	if out != "A ok B failed C ok B failed\n" {
 		t.Fatalf("the client saw %q, want A and C to succeed and both writes over A to fail", out)

@@ -113,6 +113,17 @@ func TestReadmeUsingIt(t *testing.T) {
 	}
 }
 
+// "Restarting the server": a copy through the proxy while the server is
+// killed with -9 and started again ends without an error, and the disk
+// holds the bytes copied.
+func TestReadmeRestart(t *testing.T) {
+	need(t, "nbdkit", "nbdkit-file-plugin", "nbdcopy", "truncate", "cmp")
+	out := runReadme(t, "Restarting the server")
+	if out != "no error, the same bytes\n" {
+		t.Errorf("README's restart commands printed %q", out)
+	}
+}
+
 // "Surviving restarts": the blue-green handover's commands; the proxy
 // still serves the disk once the old server has gone.
 func TestReadmeBlueGreen(t *testing.T) {
