@@ -131,6 +131,26 @@ check-history: $(HISTORY_DEPS)
 		HISTORY_SEED='$(SEED)' HISTORY_FIRST_SEED='$(FIRST_SEED)' \
 		$(GO) test -count=1 -parallel 2 -timeout 60m -run 'TestHistory$$'
 
+# The history checker must catch builds weakened on purpose: the plugin
+# built with -DNBDGO_WEAKEN_DOUBT (a doubt ends as soon as its
+# connection ended) and with -DNBDGO_WEAKEN_REPAIR (a repair writes the
+# oldest acknowledged write of a range again), each run on schedules
+# that can show it (SCHEDULES of them at most, default 40) until one
+# shows a violation; it fails if either shows none
+# (tests/history/weak_test.go).  Not part of `make check`.
+WEAK_DOUBT  = build/nbdkit-nbd-go-plugin-weak-doubt.so
+WEAK_REPAIR = build/nbdkit-nbd-go-plugin-weak-repair.so
+$(WEAK_DOUBT) $(WEAK_REPAIR): GO_LDFLAGS += -X nbdkit-nbd-go-plugin/plugin.Version=$(VERSION)
+$(WEAK_DOUBT): $(GO_SOURCES) $(LOADER_SOURCES) VERSION
+	@CGO_CFLAGS='$(CGO_CFLAGS) -DNBDGO_WEAKEN_DOUBT' $(GO_PLUGIN_SH) ./cmd/nbdkit-nbd-go-plugin $@ build/weak-doubt
+$(WEAK_REPAIR): $(GO_SOURCES) $(LOADER_SOURCES) VERSION
+	@CGO_CFLAGS='$(CGO_CFLAGS) -DNBDGO_WEAKEN_REPAIR' $(GO_PLUGIN_SH) ./cmd/nbdkit-nbd-go-plugin $@ build/weak-repair
+WEAK_SCHEDULES = $(if $(filter command line,$(origin SCHEDULES)),$(SCHEDULES),)
+check-history-weak: $(WEAK_DOUBT) $(WEAK_REPAIR)
+	cd tests/history && HISTORY_WEAK='doubt=$(CURDIR)/$(WEAK_DOUBT) repair=$(CURDIR)/$(WEAK_REPAIR)' \
+		HISTORY_SCHEDULES='$(WEAK_SCHEDULES)' HISTORY_FIRST_SEED='$(FIRST_SEED)' \
+		$(GO) test -count=1 -timeout 60m -run 'TestWeakBuilds$$'
+
 # What the Debian package build runs (debian/rules, unless
 # DEB_BUILD_OPTIONS=nocheck): the unit tests and one smoke test of the
 # built plugin.
@@ -233,4 +253,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all go-plugin check check-engine check-history check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
+.PHONY: all go-plugin check check-engine check-history check-history-weak check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck

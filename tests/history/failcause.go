@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -21,7 +22,7 @@ const (
 	FailInDoubt    = "in doubt"
 	FailNoConn     = "no server connection within reconnect-delay"
 	FailTimeout    = "timeout"
-	FailLost       = "may have been lost (cache) or repair failed"
+	FailLost       = "lost with the cache, or the repair failed"
 	FailShutdown   = "server shutting down (NBD_ESHUTDOWN)"
 	FailConnFailed = "server connection failed"
 	FailServer     = "server error reply"
@@ -43,13 +44,22 @@ var failPatterns = []struct{ cause, substr string }{
 	{FailNoConn, "no working server connection within reconnect-delay"},
 	{FailTimeout, "did not answer within timeout"},
 	{FailLost, "may have been lost"},
+	{FailLost, "was lost with the server's write cache"},
 	{FailLost, "repair"},
+	{FailLost, "have lost"},
 	{FailShutdown, "NBD_ESHUTDOWN"},
 	{FailConnFailed, "server connection failed"},
 }
 
-// errorLine is nbdkit's error line: "nbdkit: NAME.N: error: MSG".
-var errorLine = regexp.MustCompile(`^nbdkit: [^:]*: error: (.*)$`)
+// errorLine is nbdkit's error line: "nbdkit: NAME.N: error: MSG"; the
+// plugin starts the message of a failed request with the request's
+// name.  Other error lines are notices: a server connection failed (the
+// plugin reconnects), one refused at its opening, a repair done.
+var errorLine = regexp.MustCompile(`^nbdkit: [^:]*: error: ((pread|pwrite|zero|trim|flush|cache|extents|block_status): .*)$`)
+
+// repairLine is the plugin's notice of a repair that wrote again what
+// the server had lost (kept.c).
+var repairLine = regexp.MustCompile(`error: repair: the server had lost ([0-9]+) of ([0-9]+) unflushed writes`)
 
 // serverErrors are the messages of the errors an NBD server can send,
 // which the plugin passes on as "OP: MESSAGE".
@@ -73,10 +83,6 @@ func failCauseOf(line string) string {
 		return ""
 	}
 	msg := m[1]
-	if strings.Contains(msg, "; reconnecting for up to reconnect-delay") ||
-		strings.Contains(msg, "refusing the new server connection") {
-		return ""
-	}
 	for _, p := range failPatterns {
 		if strings.Contains(msg, p.substr) {
 			return p.cause
@@ -95,6 +101,9 @@ type FailCauses struct {
 	Lines map[string][]string
 	First []string // the first failLines lines, whatever their cause
 	Total int
+	// Repairs: the plugin's repairs that wrote again what the server
+	// had lost, and how many writes they wrote again.
+	Repairs, Rewritten int
 }
 
 // failLines is how many lines, and ops, a failure about failed ops
@@ -105,6 +114,11 @@ const failLines = 20
 func countFailCauses(stderr string) FailCauses {
 	fc := FailCauses{Count: map[string]int{}, Lines: map[string][]string{}}
 	for _, line := range strings.Split(stderr, "\n") {
+		if m := repairLine.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			fc.Repairs++
+			fc.Rewritten += n
+		}
 		c := failCauseOf(line)
 		if c == "" {
 			continue
@@ -183,8 +197,8 @@ func errorReplyName(errno uint32) string {
 // cause.
 func (res *Result) failText() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "  failed ops: %d; by cause (nbdkit's log): %s; the server's error replies: %s\n",
-		res.failedOps(), res.FailCauses, countsString(res.ErrorReplies, nil))
+	fmt.Fprintf(&b, "  failed ops: %d; by cause (nbdkit's log): %s; the server's error replies: %s; repairs %d (%d writes written again)\n",
+		res.failedOps(), res.FailCauses, countsString(res.ErrorReplies, nil), res.FailCauses.Repairs, res.FailCauses.Rewritten)
 	for _, c := range allFailCauses {
 		for _, l := range res.FailCauses.Lines[c] {
 			fmt.Fprintf(&b, "    %s\n", l)

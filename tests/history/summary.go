@@ -24,6 +24,7 @@ type Summary struct {
 	Errnos                           map[int]int
 	FailCauses                       map[string]int // failed requests by cause (nbdkit's log)
 	ErrorReplies                     map[string]int // the server's error replies, by why
+	Repairs, Rewritten               int            // the plugin's repairs, and the writes they wrote again
 	Connections, ConnFails           int
 	Late                             LateStats
 	Violations                       map[int]int       // by rule
@@ -72,6 +73,8 @@ func (s *Summary) Add(res *Result) {
 		s.Came[e.Kind]++
 	}
 	s.Late.add(res.Late)
+	s.Repairs += res.FailCauses.Repairs
+	s.Rewritten += res.FailCauses.Rewritten
 	for c, n := range res.FailCauses.Count {
 		s.FailCauses[c] += n
 	}
@@ -155,8 +158,8 @@ func (s *Summary) String() string {
 	}
 	fmt.Fprintf(&b, "  ops %d, failed %d (flushes %d; connection died under %d): %s; not sent (connection gone) %d\n",
 		s.Ops, s.Failed, s.FailedFlushes, s.Lost, strings.Join(errs, ", "), s.Unsent)
-	fmt.Fprintf(&b, "  failed ops by cause (nbdkit's log): %s; the server's error replies: %s\n",
-		countsString(s.FailCauses, allFailCauses), countsString(s.ErrorReplies, nil))
+	fmt.Fprintf(&b, "  failed ops by cause (nbdkit's log): %s; the server's error replies: %s; the plugin's repairs %d (%d writes written again)\n",
+		countsString(s.FailCauses, allFailCauses), countsString(s.ErrorReplies, nil), s.Repairs, s.Rewritten)
 	fmt.Fprintf(&b, "  violations: rule 1 %d, rule 2 %d, rule 3 %d", s.Violations[1], s.Violations[2], s.Violations[3])
 	if len(s.ViolatingSeeds) > 0 {
 		fmt.Fprintf(&b, "; seeds with violations: %v", s.ViolatingSeeds)
