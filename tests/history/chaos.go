@@ -184,6 +184,12 @@ func (a *active) onRequest(ch *chaos, c *conn, r *request) bool {
 		if a.left--; a.left > 0 {
 			return false
 		}
+		// With a cache, preferably when it holds a block written twice
+		// (see CrashOnFlush).
+		if sc.WriteBack && in.rewritten == 0 && a.passed < hotPatience {
+			a.passed++
+			return false
+		}
 		a.acted = true
 		s.logKey(in, c, "crashes at %s %s", r.op(), blocksString(r.first, r.n))
 		in.die("crash")
@@ -194,10 +200,12 @@ func (a *active) onRequest(ch *chaos, c *conn, r *request) bool {
 	case CrashOnFlush:
 		// At a flush whose own connection's acknowledged writes are in
 		// the cache: its client will rely on them once a flush succeeds.
+		// Best with a block written twice in the cache: a plugin that
+		// writes the lost writes again must write the newer last.
 		if r.typ != nbdCmdFlush || in.dirtyBy[c] == 0 {
 			return false
 		}
-		if in.dirtyBy[c] < crashDirty && a.passed < hotPatience {
+		if (in.dirtyBy[c] < crashDirty || in.rewritten == 0) && a.passed < hotPatience {
 			a.passed++
 			return false
 		}

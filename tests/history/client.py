@@ -44,10 +44,19 @@ READBACK_WRITE = 0.4  # how often a write is read back at once
 READBACK_FLUSH = 0.6  # how often a flush is followed by reading back
 READBACK_AFTER_FLUSH = 4  # ranges read back after a flush, at most
 READBACK_KEEP = 16  # writes remembered for reading back after a flush
+# After a write failed with EIO, this process writes elsewhere for so
+# many seconds, about the rest of the chaos phase (a real client that
+# saw a range fail moves on, at least for a while): the plugin makes a
+# write over bytes in doubt wait up to reconnect-delay before it fails,
+# and every client coming back to the same hot block would stall the
+# schedule for seconds each time.
+AVOID_NS = 20 * 10**9
+AVOID_TRIES = 4
 
 rng = random.Random(cfg["seed"])
 blocks, depth, hot = cfg["blocks"], cfg["depth"], cfg["hot"]
 out_lines = []
+avoid = {}  # block -> CLOCK_MONOTONIC ns until which writes go elsewhere
 
 
 def now():
@@ -209,9 +218,14 @@ class Client:
                 self.readback += rng.sample(before, min(READBACK_AFTER_FLUSH, len(before)))
             return
         self.fails += 1
-        # A real client writes again what failed to write, often.
-        if kind in ("write", "zero") and err != errno.ENOTCONN and rng.random() < 0.5:
+        # A real client writes again what failed to write, often, once;
+        # after an EIO, then writes elsewhere for a while.
+        if kind in ("write", "zero") and err != errno.ENOTCONN and not self.avoided(first, n) \
+                and rng.random() < 0.5:
             self.retry = (first, n)
+        if kind in ("write", "zero", "trim") and err == errno.EIO:
+            for b in range(first, first + n):
+                avoid[b] = now() + AVOID_NS
         if self.fails >= 2 or rng.random() < 0.3:
             self.leave = True
 
@@ -237,10 +251,20 @@ class Client:
             kind = "flush" if self.can["flush"] else "read"
         if kind == "flush":
             return kind, 0, 0, False
-        first = rng.choice(hot) if rng.random() < 0.5 else rng.randrange(blocks)
-        n = min(rng.choice((1, 1, 1, 2, 2, 3, 4)), blocks - first)
+        for _ in range(AVOID_TRIES):
+            first = rng.choice(hot) if rng.random() < 0.5 else rng.randrange(blocks)
+            n = min(rng.choice((1, 1, 1, 2, 2, 3, 4)), blocks - first)
+            if kind in ("read", "flush") or not self.avoided(first, n):
+                break
+        else:
+            kind = "read"
         fua = kind in ("write", "zero") and self.can["fua"] and rng.random() < 0.25
         return kind, first, n, fua
+
+    def avoided(self, first, n):
+        """Whether a write there is to be avoided (AVOID_NS)."""
+        t = now()
+        return any(avoid.get(b, 0) > t for b in range(first, first + n))
 
     def wait(self):
         """Wait for the connection or stdin, and let libnbd work."""

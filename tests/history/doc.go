@@ -11,6 +11,14 @@
 // The server (server.go, instance.go, conn.go) keeps one storage per
 // schedule and runs server instances on it, one Unix socket each; the
 // proxy dials a symbolic link that is switched to the current instance.
+// Each instance is a real process (proc.go: this test binary run again)
+// that listens on its socket, accepts, passes each connection to the
+// test process, which serves it, and keeps its own copy: so a plugin
+// that learns of a server's death from the process that listened sees
+// a crash (the process is killed, once the instance is dead and its
+// connections ended) and the end of a graceful shutdown (it exits once
+// its last connection closed) as it would with nbdkit; a replaced
+// instance's process lives on, to land what it holds.
 // Everything it does is something NBD allows: it applies a request now,
 // later or never, replies now, later, never or with an error (EIO; and
 // ESHUTDOWN while an instance or a connection shuts down), and it
@@ -47,13 +55,23 @@
 //     man page's promise that a client's flush fails once its
 //     acknowledged writes may be lost rests on it.
 //
-// Besides, a process does nothing once it has died: a crashed instance
-// (kill -9) loses its cache, what it held and its late writes; and a
-// stopped one (SIGSTOP) does nothing until it resumes.  Nothing else is
-// assumed: neither that a server which closed a connection, on its own
-// or at the proxy's end of it, has applied or dropped what it read on
-// it, nor any time by which it has.  The plugin's rule that copes with
-// this, writes in doubt, is the man page's (and plugin/doubt.h's).
+// Besides, a process does nothing once it has died, and the plugin may
+// learn of that death (its exit evidence): a crashed instance (kill -9)
+// loses its cache, what it held and its late writes, before its process
+// is killed; and a stopped one (SIGSTOP) does nothing until it resumes.
+// Nothing else is assumed: neither that a server which closed a
+// connection, on its own or at the proxy's end of it, has applied or
+// dropped what it read on it, nor any time by which it has; except, in
+// a schedule that sets quiesce-time=Q, what the user declares with it:
+// nothing read on a connection is carried out later than Q after the
+// connection ended.  The server then keeps to Q less 200 ms, counted
+// from its own sight of the end (the plugin counts from its own, which
+// comes first when the proxy ended it): a late write lands by then or
+// is lost, a stopped instance drops, unanswered, what it would carry
+// out later, and a stop-replace resumes just before Q passes (server.go).
+// No Q shorter than that margin is drawn: no server can keep it.  The
+// plugin's rule that copes with this, writes in doubt, is the man
+// page's (and plugin/doubt.h's).
 //
 // The chaos is sequenced on what the server sees (requests, their kind,
 // blocks and flags, connections, ends of file); timers only bound how
@@ -78,6 +96,18 @@
 // write there again, is spared the late writes of closed connections
 // (ProxyFeatures.InDoubt): with them it fails.
 //
+// A schedule's failed ops are counted by cause from nbdkit's log
+// (failcause.go), and the server's error replies from its side.  In a
+// schedule of crashes and graceful restarts only, with reconnect-delay=,
+// the plugin can know each failed server is gone, so no client op may
+// fail there: one that did fails the run (Result.checkNoFailedOps).
+// The clients, after a write failed with EIO, write elsewhere for a
+// while (client.py): a write over bytes in doubt waits up to
+// reconnect-delay, and clients coming back to the same hot block would
+// stall a schedule for seconds at a time.
+//
 // Run it with `make check-history` (see the Makefile; history_test.go
-// lists the environment variables).
+// lists the environment variables); `make check-history-weak` checks
+// that builds weakened on purpose show violations (weak_test.go), and
+// README.md says how an old build (d21d603) fares.
 package history

@@ -20,6 +20,7 @@ import (
 // The causes of failed requests, as the plugin's messages say them.
 const (
 	FailInDoubt    = "in doubt"
+	FailOverlap    = "an overlapping write in flight did not end in time"
 	FailNoConn     = "no server connection within reconnect-delay"
 	FailTimeout    = "timeout"
 	FailLost       = "lost with the cache, or the repair failed"
@@ -30,7 +31,7 @@ const (
 )
 
 // allFailCauses lists the causes in the order a summary gives them.
-var allFailCauses = []string{FailInDoubt, FailNoConn, FailTimeout, FailLost, FailShutdown,
+var allFailCauses = []string{FailInDoubt, FailOverlap, FailNoConn, FailTimeout, FailLost, FailShutdown,
 	FailConnFailed, FailServer, FailOther}
 
 // failCauseLines keeps this many lines of each cause for a report.
@@ -41,6 +42,7 @@ const failCauseLines = 3
 // reconnect-delay.
 var failPatterns = []struct{ cause, substr string }{
 	{FailInDoubt, "in doubt"},
+	{FailOverlap, "an earlier write over them has not ended"},
 	{FailNoConn, "no working server connection within reconnect-delay"},
 	{FailTimeout, "did not answer within timeout"},
 	{FailLost, "may have been lost"},
@@ -89,6 +91,10 @@ func failCauseOf(line string) string {
 		}
 	}
 	if i := strings.Index(msg, ": "); i > 0 && serverErrors[strings.ToLower(msg[i+2:])] {
+		// The server's NBD_ESHUTDOWN, passed on as it is.
+		if strings.EqualFold(msg[i+2:], syscall.ESHUTDOWN.Error()) {
+			return FailShutdown
+		}
 		return FailServer
 	}
 	return FailOther

@@ -19,6 +19,8 @@ func TestFailCauseOf(t *testing.T) {
 		{"nbdkit: nbd-go.11: error: repair: the server had lost 2 of 2 unflushed writes (12288 bytes); written again", ""},
 		{"nbdkit: nbd-go[2]: error: nbd_connect_unix: connect: Connection refused", ""},
 		{"nbdkit: nbd-go.1: error: pwrite: something new", FailOther},
+		{"nbdkit: nbd-go.7: error: zero: not sending a write to bytes 237568-249855: an earlier write over them has not ended within this request's bounds", FailOverlap},
+		{"nbdkit: nbd-go.1: error: pread: Cannot send after transport endpoint shutdown", FailShutdown},
 	} {
 		if got := failCauseOf(c.line); got != c.cause {
 			t.Errorf("%q: cause %q, want %q", c.line, got, c.cause)

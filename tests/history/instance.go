@@ -19,10 +19,14 @@ type instance struct {
 	exitIdle bool           // its graceful shutdown is done: the process exits once no connection is left
 	cache    map[int][]byte // write-back: blocks acknowledged, not yet on the storage
 	dirtyBy  map[*conn]int  // blocks each connection put in the cache
-	conns    map[*conn]bool
-	state    instState
-	replaced bool // the link leads to another instance: it never serves again
-	requests int  // requests it has read
+	// rewritten counts writes over a block the cache already held
+	// unwritten-back: two acknowledged writes there since the last
+	// write-back, which a repair must not write again in the wrong order.
+	rewritten int
+	conns     map[*conn]bool
+	state     instState
+	replaced  bool // the link leads to another instance: it never serves again
+	requests  int  // requests it has read
 
 	// A graceful shutdown answers shutdownLeft more requests with
 	// ESHUTDOWN, or waits shutdownLinger, then closes and calls onClosed.
@@ -105,7 +109,7 @@ func (in *instance) die(why string) {
 		c.closeNow("the instance died")
 	}
 	lost := len(in.cache)
-	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
+	in.cache, in.dirtyBy, in.rewritten = map[int][]byte{}, map[*conn]int{}, 0
 	for _, lw := range s.late {
 		if lw.inst == in {
 			s.loseLate(lw)
@@ -201,7 +205,7 @@ func (in *instance) replace() {
 	s := in.s
 	in.replaced = true
 	s.logKey(in, nil, "replaced; drops its cache of %d blocks", len(in.cache))
-	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
+	in.cache, in.dirtyBy, in.rewritten = map[int][]byte{}, map[*conn]int{}, 0
 	s.ensureCurrent()
 }
 

@@ -253,6 +253,9 @@ func (s *Server) apply(in *instance, r *request, why string) bool {
 			d = r.data[i*blockSize : (i+1)*blockSize]
 		}
 		if s.sched.WriteBack && !in.replaced {
+			if _, ok := in.cache[b]; ok && !stable {
+				in.rewritten++
+			}
 			in.cache[b] = append([]byte(nil), d...)
 			if !stable {
 				in.dirtyBy[r.c]++
@@ -282,7 +285,7 @@ func (s *Server) writeBack(in *instance, why string) {
 		copy(s.storage[b*blockSize:], d)
 	}
 	s.logf(in, nil, "%d cached blocks written back (%s)", len(in.cache), why)
-	in.cache, in.dirtyBy = map[int][]byte{}, map[*conn]int{}
+	in.cache, in.dirtyBy, in.rewritten = map[int][]byte{}, map[*conn]int{}, 0
 }
 
 // ---- Late writes: applied after their connection closed
