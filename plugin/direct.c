@@ -835,7 +835,6 @@ path_new (struct engine *e, const char *export, int64_t reconnect_ms,
           uintptr_t go_ref)
 {
   struct path *p = calloc (1, sizeof *p);
-  pthread_condattr_t attr;
 
   if (p == NULL)
     return NULL;
@@ -855,10 +854,7 @@ path_new (struct engine *e, const char *export, int64_t reconnect_ms,
   }
   p->cur->gen = ++p->last_gen;
   pthread_mutex_init (&p->lock, NULL);
-  pthread_condattr_init (&attr);
-  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
-  pthread_cond_init (&p->changed, &attr);
-  pthread_condattr_destroy (&attr);
+  engine_cond_init (&p->changed);
   pthread_mutex_lock (&paths_lock);
   p->next = paths;
   paths = p;

@@ -29,7 +29,6 @@ struct disk *
 disk_get (const char *name)
 {
   struct disk *d;
-  pthread_condattr_t attr;
 
   pthread_mutex_lock (&registry);
   for (d = disks; d != NULL; d = d->next)
@@ -42,10 +41,7 @@ disk_get (const char *name)
     }
     else {
       pthread_mutex_init (&d->lock, NULL);
-      pthread_condattr_init (&attr);
-      pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
-      pthread_cond_init (&d->changed, &attr);
-      pthread_condattr_destroy (&attr);
+      engine_cond_init (&d->changed);
       d->next = disks;
       disks = d;
     }

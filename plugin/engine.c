@@ -113,6 +113,17 @@ engine_now_ms (void)
   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void
+engine_cond_init (pthread_cond_t *c)
+{
+  pthread_condattr_t attr;
+
+  pthread_condattr_init (&attr);
+  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+  pthread_cond_init (c, &attr);
+  pthread_condattr_destroy (&attr);
+}
+
 /* Milliseconds until deadline (at least 0), or -1 for none. */
 static int
 ms_left (int64_t deadline)

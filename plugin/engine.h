@@ -91,6 +91,7 @@
 #ifndef NBDGO_ENGINE_H
 #define NBDGO_ENGINE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <libnbd.h>
@@ -176,5 +177,7 @@ void engine_close (struct engine *e, int64_t timeout_ms);
 
 /* CLOCK_MONOTONIC in milliseconds, the clock of every deadline here. */
 int64_t engine_now_ms (void);
+/* A condition variable whose timed waits use that clock. */
+void engine_cond_init (pthread_cond_t *c);
 
 #endif
