@@ -19,7 +19,11 @@ import (
 //     else at the reply of the first successful flush its client issued
 //     after W ended, unless a flush of that client failed in between),
 //     every read of its blocks issued later, and the final storage, hold
-//     a value from an op that does not strictly precede W.
+//     a value from an op that does not strictly precede W; except in a
+//     block trimmed by a trim that does not strictly precede W, issued
+//     before the read ended: NBD leaves a trimmed block's contents
+//     unspecified until it is written again (a repair need not bring W
+//     back there, and a server may show older data).
 //  3. Bounds: with timeout=T, every op ends within 2T + reconnect-delay
 //     plus a slack.
 func Check(h *History) []Violation {
@@ -186,6 +190,11 @@ func checkDurable(h *History, vs *violations) {
 		}
 		if x != nil && !precedes(x, w.w) {
 			return
+		}
+		for _, z := range zeroes[b] {
+			if z.Kind == Trim && !precedes(z, w.w) && z.Inv < resp {
+				return
+			}
 		}
 		where, ops := "the final storage", []*Op{w.w}
 		if w.f != nil {

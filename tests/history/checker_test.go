@@ -135,6 +135,11 @@ func TestRule2DurabilityAndOrder(t *testing.T) {
 	expect(t, "a vouched zero read back", history(true, []*Op{x, fua(op(2, W, Zero, 3, 1, 10, 20, 0))}))
 	expect(t, "a vouched zero lost", history(true, []*Op{x, fua(op(2, W, Zero, 3, 1, 10, 20, 0))}, 3, xid), "holds c1#1")
 	expect(t, "trim is never vouched", history(true, []*Op{x, fua(op(2, W, Trim, 3, 1, 10, 20, 0))}, 3, xid))
+	expect(t, "a block trimmed after W is unspecified", history(true, []*Op{x, w, op(2, Z, Trim, 3, 1, 25, 28, 0),
+		op(1, R, Read, 3, 1, 30, 40, 0, xid)}, 3, xid))
+	expect(t, "a trim issued after the read ended is no excuse", history(true, []*Op{x, w, op(2, Z, Trim, 3, 1, 45, 48, 0),
+		op(1, R, Read, 3, 1, 30, 40, 0, xid)}, 3, id(2, W)), "read c1#5: block 3 holds c1#1")
+	expect(t, "a trim before W is overwritten", history(true, []*Op{op(2, Z, Trim, 3, 1, 1, 4, 0), x, w}, 3, xid), "the final storage: block 3 holds c1#1")
 
 	// One stale value seen by many reads is one violation, counted.
 	h := history(true, []*Op{x, w, op(1, R, Read, 3, 1, 30, 40, 0, xid), op(1, R+1, Read, 3, 1, 50, 60, 0, xid)}, 3, id(2, W))
