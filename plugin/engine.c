@@ -718,13 +718,12 @@ engine_command (struct engine *e, struct engine_request *req,
       res->fate = ENGINE_IN_DOUBT;
     res->server_shutdown = atomic_load (&e->server_shutdown);
     res->timed_out = atomic_load (&e->timed_out);
-    res->errnum = c.error ? c.error : ENOTCONN;
-    /* NBD has no ETIMEDOUT; nbdkit would send EINVAL, which blames
-     * the client.
+    res->msg = conn_failed_msg (e, c.error ? c.error : ENOTCONN);
+    /* NBD has neither ETIMEDOUT nor ENOTCONN (nbdkit would send EINVAL,
+     * which blames the client): a connection that failed is an I/O
+     * error, a server shutting down says so.
      */
-    if (res->timed_out)
-      res->errnum = EIO;
-    res->msg = conn_failed_msg (e, res->errnum);
+    res->errnum = res->server_shutdown || c.error == ESHUTDOWN ? ESHUTDOWN : EIO;
   }
   else if (c.error) {
     res->outcome = ENGINE_ERROR;
