@@ -8,7 +8,8 @@
 # (Unix socket, TCP on 127.0.0.1, TLS-PSK on 127.0.0.1 between proxy and
 # server) fio's nbd engine runs a set of workloads against each target in
 # turn, alternating targets within a round so that a noisy neighbour hurts
-# all of them alike; each figure is the median of the rounds.  Over TLS
+# all of them alike, and starting each round with another target; each
+# figure is the median of the rounds.  Over TLS
 # only the proxy->server hop is encrypted (the client->proxy hop stays
 # plain TCP); fio cannot speak TLS-PSK to the server, so TLS has no
 # "direct" column.
@@ -176,6 +177,14 @@ start_targets() {
   done
 }
 
+# rotate N WORDS...: the words, starting with the (N mod count)th.
+rotate() {
+  local n=$1
+  shift
+  n=$(( n % $# ))
+  echo "${@:n+1}" "${@:1:n}"
+}
+
 run_fio() {
   local out=$1 u=$2 rw=$3 bs=$4 qd=$5
   fio --name=bench --ioengine=nbd --uri="$u" --rw="$rw" --bs="$bs" \
@@ -236,10 +245,14 @@ for tr in $transports; do
     targets=$sel
   fi
   for r in $(seq "$rounds"); do
+    # Each round starts with another target: whichever runs later in a
+    # round was measured faster (0.88 of itself against itself, one
+    # build as two targets), so no target keeps one place.
+    order=$(rotate "$r" $targets)
     for w in "${workloads[@]}"; do
       set -- $w
       [ -n "$targets" ] || continue
-      for t in $targets; do
+      for t in $order; do
         echo "bench: $tr round $r/$rounds $1 $t" >&2
         run_fio "$dir/res/$tr,$1,$t,$r.json" "${uri[$t]}" "$2" "$3" "$4"
       done
@@ -301,7 +314,7 @@ if [ -n "$clients" ]; then
   echo "$maxn" > "$dir/res/clients/maxn"
   for r in $(seq "$rounds"); do
     for n in $clients; do
-      for t in $ctargets; do
+      for t in $(rotate "$r" $ctargets); do
         echo "bench: clients round $r/$rounds n=$n $t" >&2
         out=$dir/res/clients/$n,$t,$r.json
         run_fio_clients "$out" "${uri[$t]}" "$n" & fpid=$!
@@ -336,16 +349,24 @@ for f in os.listdir(res):
     with open(os.path.join(res, f)) as fh:
         j = json.load(fh)["jobs"][0]
     side = j["read"] if j["read"]["io_bytes"] else j["write"]
-    runs.setdefault((tr, wl, t), []).append((side["iops"], side["bw_bytes"] / 2**20))
+    runs.setdefault((tr, wl, t), {})[int(r)] = (side["iops"], side["bw_bytes"] / 2**20)
 
 def med(tr, wl, t):
     v = runs.get((tr, wl, t))
     if not v:
         return None
-    return (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+    return (statistics.median(x[0] for x in v.values()),
+            statistics.median(x[1] for x in v.values()))
 
-def ratio(a, b):
-    return "%.2f" % (a / b) if a and b else "-"
+# A ratio is the median of the rounds' ratios: the two runs of a round
+# were measured close together, whereas the machine's speed drifts
+# from round to round.
+def ratio(tr, wl, a, b):
+    va, vb = runs.get((tr, wl, a)), runs.get((tr, wl, b))
+    if not va or not vb:
+        return "-"
+    rs = [va[r][0] / vb[r][0] for r in va if r in vb and vb[r][0]]
+    return "%.2f" % statistics.median(rs) if rs else "-"
 
 have_b = any(k[2] == "b" for k in runs)
 hdr = ("scenario", "direct", "C nbd", "ours", "qemu-nbd", "ours/C", "ours/direct")
@@ -358,12 +379,10 @@ for tr in transports:
         if not any(m.values()):
             continue
         cell = lambda t: "-" if m[t] is None else "%.0f/%.0f" % m[t]
-        g, c, d, b = m["go"], m["c"], m["direct"], m["b"]
         row = ("%s %s" % (tr, wl), cell("direct"), cell("c"), cell("go"),
-               cell("qemu"), ratio(g and g[0], c and c[0]),
-               ratio(g and g[0], d and d[0]))
+               cell("qemu"), ratio(tr, wl, "go", "c"), ratio(tr, wl, "go", "direct"))
         if have_b:
-            row += (cell("b"), ratio(g and g[0], b and b[0]))
+            row += (cell("b"), ratio(tr, wl, "go", "b"))
         rows.append(row)
 for tr in transports:
     def rss(t):
@@ -385,7 +404,7 @@ rows.append(("startup ms (unix)", "-", f(s["c"]), f(s["go"]), f(s["qemu"]),
              "%+.0f" % (s["go"] - s["c"]) if s["go"] and s["c"] else "-", "-")
             + (("-", "-") if have_b else ()))
 w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
-print("IOPS/MiB/s, median of rounds; ratios are of IOPS (RSS, startup: ours-C)")
+print("IOPS/MiB/s, median of rounds; ratios: of IOPS, median of the rounds' (RSS, startup: ours-C)")
 for i, row in enumerate([hdr] + rows):
     print("  ".join(str(x).ljust(w[k]) if k == 0 else str(x).rjust(w[k])
                     for k, x in enumerate(row)))
