@@ -119,8 +119,24 @@ blob_put (struct blob *b)
     return;
   cap = capacity (b);
   atomic_fetch_sub (&total, (int64_t) cap);
-  if (b->class >= 0) {
+  if (b->class >= 0 && (int64_t) cap <= disk_settings.repair_memory / 2) {
+    struct blob *evicted = NULL, *x;
+    int c;
+
     pthread_mutex_lock (&pool_lock);
+    /* The sizes written now are those worth keeping: blobs of other
+     * sizes make room.
+     */
+    for (c = 0; c < POOL_CLASSES &&
+           pooled + (int64_t) cap > disk_settings.repair_memory / 2; ++c) {
+      while (c != b->class && (x = pool[c]) != NULL &&
+             pooled + (int64_t) cap > disk_settings.repair_memory / 2) {
+        pool[c] = x->next;
+        pooled -= capacity (x);
+        x->next = evicted;
+        evicted = x;
+      }
+    }
     if (pooled + (int64_t) cap <= disk_settings.repair_memory / 2) {
       b->next = pool[b->class];
       pool[b->class] = b;
@@ -128,6 +144,10 @@ blob_put (struct blob *b)
       b = NULL;
     }
     pthread_mutex_unlock (&pool_lock);
+    for (; evicted != NULL; evicted = x) {
+      x = evicted->next;
+      free (evicted);
+    }
   }
   free (b);
 }
@@ -201,15 +221,50 @@ pop_last (struct kept **t)
   return n;
 }
 
+/* Insert n into t, where nothing overlaps it: down to where its
+ * priority puts it, and the subtree there split around it.
+ */
+static struct kept *
+insert (struct kept *t, struct kept *n)
+{
+  if (t == NULL)
+    return n;
+  if (n->prio > t->prio) {
+    split (t, n->offset, &n->left, &n->right);
+    return n;
+  }
+  if (n->offset < t->offset)
+    t->left = insert (t->left, n);
+  else
+    t->right = insert (t->right, n);
+  return t;
+}
+
 static void
 tree_insert (struct disk *d, struct kept *n)
 {
-  struct kept *l, *r;
-
   n->left = n->right = NULL;
   n->prio = random_prio ();
-  split (d->root, n->offset, &l, &r);
-  d->root = merge (merge (l, n), r);
+  d->root = insert (d->root, n);
+}
+
+/* Whether anything kept overlaps [offset, end): the last write that
+ * starts before end, if it reaches past offset.
+ */
+static int
+overlaps (struct disk *d, uint64_t offset, uint64_t end)
+{
+  struct kept *t = d->root, *last = NULL;
+
+  while (t) {
+    if (t->offset < end) {
+      last = t;
+      t = t->right;
+    }
+    else
+      t = t->left;
+  }
+  return last && last->end > offset;
 }
 
 static void
@@ -453,7 +508,9 @@ kept_write (struct fate *f, struct owner *o, const struct engine_request *req,
   int needs = req->op != ENGINE_TRIM && !(req->flags & LIBNBD_CMD_FLAG_FUA);
 
 #ifndef NBDGO_WEAKEN_REPAIR
-  forget_range (d, req->offset, req->offset + req->count);
+  /* Most writes overlap nothing kept: a look is cheaper than a split. */
+  if (overlaps (d, req->offset, req->offset + req->count))
+    forget_range (d, req->offset, req->offset + req->count);
 #endif
   if (!needs) {
     blob_put (b);
