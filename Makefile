@@ -151,6 +151,13 @@ check-history-weak: $(WEAK_DOUBT) $(WEAK_REPAIR)
 		HISTORY_SCHEDULES='$(WEAK_SCHEDULES)' HISTORY_FIRST_SEED='$(FIRST_SEED)' \
 		$(GO) test -count=1 -timeout 60m -run 'TestWeakBuilds$$'
 
+# The filesystem test in full (tests/filesystem_test.go): ext4 on a
+# loop device on nbdfuse through the plugin, through kill -9 and
+# systemd-style restarts of nbdkit and qemu-nbd, and of a server that
+# loses its write cache.  Needs root; `make check` runs its short case.
+check-filesystem: $(PLUGIN)
+	NBDGO_FILESYSTEM=full $(GO) test -count=1 -v -timeout 10m -run 'TestFilesystemRestarts' ./tests
+
 # What the Debian package build runs (debian/rules, unless
 # DEB_BUILD_OPTIONS=nocheck): the unit tests and one smoke test of the
 # built plugin.
@@ -253,4 +260,4 @@ distcheck: dist
 	rm -rf build/distcheck
 	@echo "$(DISTNAME).tar.gz is ready for distribution"
 
-.PHONY: all go-plugin check check-engine check-history check-history-weak check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
+.PHONY: all go-plugin check check-engine check-history check-history-weak check-filesystem check-unit check-packaging check-debian13 fuzz check-cgocheck2 demo bench bench-extents install uninstall clean distclean dist distcheck
