@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "doubt.h"
 #include "host.h"
@@ -21,7 +24,7 @@ struct blob {
   uint64_t size;                /* what it holds */
   int class;                    /* of the pool (below), or -1 */
   struct blob *next;            /* in the pool */
-  unsigned char bytes[];
+  unsigned char bytes[] __attribute__ ((aligned (16)));
 };
 
 struct kept {
@@ -82,6 +85,41 @@ capacity (const struct blob *b)
   return b->class >= 0 ? (uint64_t) 1 << (POOL_MIN_SHIFT + b->class) : b->size;
 }
 
+/* Copies from this size on bypass the CPU's caches (below). */
+#define STREAM_MIN (64 * 1024)
+
+/* Copy a write's data into a blob.  Only a repair reads it again, if
+ * ever: a large copy goes around the CPU's caches (streaming stores),
+ * leaving them to the data on its way to the server, and saving the
+ * read of the destination that an ordinary store begins with.
+ */
+static void
+copy_in (unsigned char *dst, const unsigned char *src, uint64_t count)
+{
+  uint64_t i = 0;
+
+#ifdef __SSE2__
+  if (count >= STREAM_MIN) {
+    for (; i + 64 <= count; i += 64) {
+      __m128i a = _mm_loadu_si128 ((const __m128i *) (src + i));
+      __m128i b = _mm_loadu_si128 ((const __m128i *) (src + i + 16));
+      __m128i c = _mm_loadu_si128 ((const __m128i *) (src + i + 32));
+      __m128i d = _mm_loadu_si128 ((const __m128i *) (src + i + 48));
+
+      _mm_stream_si128 ((__m128i *) (dst + i), a);
+      _mm_stream_si128 ((__m128i *) (dst + i + 16), b);
+      _mm_stream_si128 ((__m128i *) (dst + i + 32), c);
+      _mm_stream_si128 ((__m128i *) (dst + i + 48), d);
+    }
+    /* Streaming stores are weakly ordered: done before the blob is
+     * published under a lock.
+     */
+    _mm_sfence ();
+  }
+#endif
+  memcpy (dst + i, src + i, count - i);
+}
+
 struct blob *
 blob_copy (const void *buf, uint64_t count)
 {
@@ -105,7 +143,7 @@ blob_copy (const void *buf, uint64_t count)
   atomic_init (&b->refs, 1);
   b->size = count;
   b->class = c;
-  memcpy (b->bytes, buf, count);
+  copy_in (b->bytes, buf, count);
   atomic_fetch_add (&total, (int64_t) cap);
   return b;
 }

@@ -31,6 +31,9 @@
 #   PLUGIN_B       another build of it (say the one before a change): a
 #                  target "b" beside the others, in the same rounds, and
 #                  a column ours/B
+#   PLUGIN_ARGS, PLUGIN_B_ARGS  more parameters for PLUGIN and PLUGIN_B,
+#                  split on spaces (say PLUGIN_B=$PLUGIN
+#                  PLUGIN_B_ARGS=repair-memory=0: what keeping writes costs)
 #
 # Many clients: after the transports, over a Unix socket, fio runs 4k
 # random reads at depth 4 on N connections at once (numjobs=N, each job
@@ -53,6 +56,8 @@ plugin=${PLUGIN:-$top/nbdkit-nbd-go-plugin.so}
 case $plugin in /*) ;; *) plugin=$PWD/$plugin ;; esac
 plugin_b=${PLUGIN_B:-}
 case $plugin_b in /*|"") ;; *) plugin_b=$PWD/$plugin_b ;; esac
+read -r -a go_args <<< "${PLUGIN_ARGS:-}"
+read -r -a b_args <<< "${PLUGIN_B_ARGS:-}"
 rounds=${BENCH_ROUNDS:-3}
 runtime=${BENCH_RUNTIME:-5}
 transports=${BENCH_TRANSPORTS:-unix tcp tls}
@@ -136,10 +141,10 @@ start_targets() {
     nbdcopy -- [ nbdkit random 1G ] "${uri[direct]}"
     nbdkit -f "${threads[@]}" -U "$dir/c.sock" nbd socket="$dir/server.sock" & pids+=($!)
     rsspid[c]=$!; uri[c]="nbd+unix:///?socket=$dir/c.sock"
-    nbdkit -f "${threads[@]}" -U "$dir/go.sock" "$plugin" socket="$dir/server.sock" & pids+=($!)
+    nbdkit -f "${threads[@]}" -U "$dir/go.sock" "$plugin" socket="$dir/server.sock" ${go_args[@]+"${go_args[@]}"} & pids+=($!)
     rsspid[go]=$!; uri[go]="nbd+unix:///?socket=$dir/go.sock"
     if [ -n "$plugin_b" ]; then
-      nbdkit -f "${threads[@]}" -U "$dir/b.sock" "$plugin_b" socket="$dir/server.sock" & pids+=($!)
+      nbdkit -f "${threads[@]}" -U "$dir/b.sock" "$plugin_b" socket="$dir/server.sock" ${b_args[@]+"${b_args[@]}"} & pids+=($!)
       rsspid[b]=$!; uri[b]="nbd+unix:///?socket=$dir/b.sock"
     fi
     qemu-nbd -t -k "$dir/qemu.sock" -f raw "nbd+unix:///?socket=$dir/server.sock" & pids+=($!)
@@ -162,11 +167,11 @@ start_targets() {
     rsspid[c]=$!; uri[c]="nbd://127.0.0.1:$p"
     wait_ready "${uri[c]}"
     p=$(free_port)
-    nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" "$plugin" hostname=127.0.0.1 port="$sport" "${ptls[@]}" & pids+=($!)
+    nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" "$plugin" hostname=127.0.0.1 port="$sport" "${ptls[@]}" ${go_args[@]+"${go_args[@]}"} & pids+=($!)
     rsspid[go]=$!; uri[go]="nbd://127.0.0.1:$p"
     if [ -n "$plugin_b" ]; then
       p=$(free_port)
-      nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" "$plugin_b" hostname=127.0.0.1 port="$sport" "${ptls[@]}" & pids+=($!)
+      nbdkit -f "${threads[@]}" -i 127.0.0.1 -p "$p" "$plugin_b" hostname=127.0.0.1 port="$sport" "${ptls[@]}" ${b_args[@]+"${b_args[@]}"} & pids+=($!)
       rsspid[b]=$!; uri[b]="nbd://127.0.0.1:$p"
     fi
     unset 'rsspid[qemu]' 'uri[qemu]'
