@@ -56,6 +56,7 @@
 #include "direct.h"
 #include "disk.h"
 #include "doubt.h"
+#include "engine.h"
 #include "host.h"
 #include "kept.h"
 #include "peer.h"
@@ -74,10 +75,6 @@ struct link {
 };
 
 struct path {
-  int64_t reconnect_ms;         /* reconnect-delay; 0: off */
-  int64_t timeout_ms;           /* bounds closing connections */
-  int server_exits;             /* closing a connection ends its server
-                                   (command=): its doubts can end */
   int flushes;                  /* the server accepts flush */
   int keeps;                    /* it keeps writes for repairs (kept.h) */
   struct disk *disk;
@@ -128,25 +125,34 @@ static const char *const op_names[] = {
   [ENGINE_BLOCK_STATUS] = "block_status",
 };
 
-/* A link over e, not yet current.  Who serves it is looked up now,
- * once (peer.h), without any lock held.
+/* A link over nbd, not yet current: its engine takes nbd.  Who serves
+ * it is looked up now, once (peer.h), without any lock held.  NULL with
+ * errno set on failure, nbd then still the caller's.
  */
 static struct link *
-link_new (struct path *p, struct engine *e)
+link_new (struct path *p, struct nbd_handle *nbd)
 {
   struct link *l = malloc (sizeof *l);
-
-  int pidfd;
+  int pidfd, err;
 
   if (l == NULL)
     return NULL;
-  pidfd = peer_pidfd (engine_fd (e), &l->server);
-  l->fate = fate_new (p->disk, p->server_exits, pidfd);
+  pidfd = peer_pidfd (nbd_aio_get_fd (nbd), &l->server);
+  l->fate = fate_new (p->disk, pidfd);
   if (l->fate == NULL) {
     free (l);
+    errno = ENOMEM;
     return NULL;
   }
-  l->engine = e;
+  /* Last: an engine is undone only by closing its handle. */
+  l->engine = engine_new (nbd, settings.timeout_ms);
+  if (l->engine == NULL) {
+    err = errno;
+    fate_put (l->fate);
+    free (l);
+    errno = err;
+    return NULL;
+  }
   l->gen = 0;                   /* set as it becomes current */
   l->made_ms = engine_now_ms ();
   l->refs = 1;
@@ -162,8 +168,8 @@ link_new (struct path *p, struct engine *e)
 static void
 link_close (struct path *p, struct link *l)
 {
-  engine_close (l->engine, p->timeout_ms);
-  if (p->server_exits)
+  engine_close (l->engine);
+  if (settings.server_exits)
     fate_end (l->fate);
   fate_put (l->fate);
   free (l);
@@ -241,7 +247,7 @@ acquire (struct path *p)
 {
   struct link *l;
 
-  if (p->reconnect_ms == 0)
+  if (settings.reconnect_ms == 0)
     return p->cur;              /* never replaced */
   pthread_mutex_lock (&p->lock);
   l = p->cur;
@@ -253,7 +259,7 @@ acquire (struct path *p)
 static void
 release (struct path *p, struct link *l)
 {
-  if (p->reconnect_ms == 0)
+  if (settings.reconnect_ms == 0)
     return;
   pthread_mutex_lock (&p->lock);
   l = unref (l);
@@ -278,7 +284,7 @@ log_failure (struct path *p, struct link *l, const char *why)
 
     if (asprintf (&msg, "%s; reconnecting for up to reconnect-delay=%g",
                   why ? why : "server connection failed",
-                  p->reconnect_ms / 1000.0) >= 0) {
+                  settings.reconnect_ms / 1000.0) >= 0) {
       host_error (msg);
       free (msg);
     }
@@ -300,7 +306,7 @@ replacement (struct path *p, struct link *old, int64_t deadline)
     if (!p->redialing) {
       p->redialing = 1;
       pthread_mutex_unlock (&p->lock);
-      nbdgoRedial (p->go_ref, deadline);
+      nbdgoRedial (p->go_ref, deadline - engine_now_ms ());
       pthread_mutex_lock (&p->lock);
       continue;
     }
@@ -346,7 +352,7 @@ stop_others (struct path *p, struct link *l)
   struct link *o;
   int first, match;
 
-  if (p->reconnect_ms == 0)
+  if (settings.reconnect_ms == 0)
     return;
   pthread_mutex_lock (&p->lock);
   first = !l->stopped_others;
@@ -511,7 +517,7 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
    * bounds (reconnect-delay plus twice timeout, if timeout is set): it
    * leaves one timeout for its own send.
    */
-  int64_t bound = p->timeout_ms > 0 ? now + p->reconnect_ms + p->timeout_ms : -1;
+  int64_t bound = settings.timeout_ms > 0 ? now + settings.reconnect_ms + settings.timeout_ms : -1;
   /* A write's place in the order of writes; its id is unique while it
    * runs.
    */
@@ -548,7 +554,7 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
     }
     if (outcome != ENGINE_CONN_FAILED) {
       if (w && (r = write_begin (d, w, p->keeps,
-                                 deadline >= 0 ? deadline : now + p->reconnect_ms,
+                                 deadline >= 0 ? deadline : now + settings.reconnect_ms,
                                  bound, &text)) != 0)
         break;
       free (req->entries);
@@ -564,10 +570,10 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
     }
     if (res.server_shutdown)
       stop_others (p, l);
-    if (p->reconnect_ms == 0)
+    if (settings.reconnect_ms == 0)
       break;
     if (deadline < 0)
-      deadline = engine_now_ms () + p->reconnect_ms;
+      deadline = engine_now_ms () + settings.reconnect_ms;
     log_failure (p, l, res.msg);
     free (res.msg);
     res.msg = NULL;
@@ -580,7 +586,7 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
     l = next;
     if (l == NULL) {
       if (asprintf (&text, "no working server connection within "
-                    "reconnect-delay=%g", p->reconnect_ms / 1000.0) == -1)
+                    "reconnect-delay=%g", settings.reconnect_ms / 1000.0) == -1)
         text = NULL;
       r = EIO;
       break;
@@ -820,35 +826,31 @@ d_extents (void *ctx, uint32_t count, uint64_t offset, uint32_t flags,
 }
 
 void
-direct_settings (int64_t repair_memory, int64_t quiesce_ms,
-                 int64_t reconnect_ms)
+datapath_configure (const struct datapath_settings *s)
 {
-  disk_settings = (struct disk_settings) {
-    .repair_memory = repair_memory, .quiesce_ms = quiesce_ms,
-    .reconnect_ms = reconnect_ms,
-  };
+  settings = *s;
 }
 
 struct path *
-path_new (struct engine *e, const char *export, int64_t reconnect_ms,
-          int64_t timeout_ms, int server_exits, int server_flushes,
+path_new (struct nbd_handle *nbd, const char *export, int server_flushes,
           uintptr_t go_ref)
 {
   struct path *p = calloc (1, sizeof *p);
 
   if (p == NULL)
     return NULL;
-  p->reconnect_ms = reconnect_ms;
-  p->timeout_ms = timeout_ms;
-  p->server_exits = server_exits;
   p->flushes = server_flushes;
   /* A server without flush makes every write stable before it answers:
    * nothing to keep.
    */
-  p->keeps = server_flushes && disk_settings.repair_memory > 0;
+  p->keeps = server_flushes && settings.repair_memory > 0;
   p->go_ref = go_ref;
-  if ((p->disk = disk_get (export)) == NULL ||
-      (p->cur = link_new (p, e)) == NULL) {
+  if ((p->disk = disk_get (export)) == NULL) {
+    free (p);
+    errno = ENOMEM;
+    return NULL;
+  }
+  if ((p->cur = link_new (p, nbd)) == NULL) {
     free (p);
     return NULL;
   }
@@ -862,10 +864,11 @@ path_new (struct engine *e, const char *export, int64_t reconnect_ms,
   return p;
 }
 
-void
-path_install (struct path *p, struct engine *e)
+int
+path_install (struct path *p, struct nbd_handle *nbd)
 {
-  struct link *l = link_new (p, e), *old = NULL;
+  struct link *l = link_new (p, nbd), *old = NULL;
+  int err = errno;
 
   pthread_mutex_lock (&p->lock);
   if (l) {
@@ -876,9 +879,12 @@ path_install (struct path *p, struct engine *e)
   p->redialing = 0;
   pthread_cond_broadcast (&p->changed);
   pthread_mutex_unlock (&p->lock);
-  if (l == NULL)
-    engine_close (e, p->timeout_ms);
   retire (p, old);
+  if (l == NULL) {
+    errno = err;
+    return -1;
+  }
+  return 0;
 }
 
 void
@@ -929,7 +935,7 @@ client_new (struct path *p)
   c->path = p;
   c->losses = atomic_load (&p->disk->losses);
   /* Without reconnecting, a connection never follows another. */
-  c->tracks = p->flushes && p->reconnect_ms > 0;
+  c->tracks = p->flushes && settings.reconnect_ms > 0;
   pthread_mutex_init (&c->lock, NULL);
   return c;
 }

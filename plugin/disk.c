@@ -17,7 +17,7 @@
 #include "engine.h"
 #include "kept.h"
 
-struct disk_settings disk_settings = { .quiesce_ms = -1 };
+struct datapath_settings settings = { .quiesce_ms = -1 };
 
 /* The disks by name: one per export ever used, never freed (doubts for
  * good outlive every connection, and a disk is small).
@@ -66,7 +66,7 @@ disk_wait (struct disk *d, int64_t deadline_ms)
 /* ---- Fates */
 
 struct fate *
-fate_new (struct disk *d, int server_exits, int pidfd)
+fate_new (struct disk *d, int pidfd)
 {
   struct fate *f = calloc (1, sizeof *f);
 
@@ -79,7 +79,6 @@ fate_new (struct disk *d, int server_exits, int pidfd)
   f->disk = d;
   f->refs = 1;
   f->gen = ++d->last_gen;
-  f->server_exits = server_exits;
   f->pidfd = pidfd;
   f->ended_ms = -1;
   pthread_mutex_unlock (&d->lock);
@@ -167,8 +166,8 @@ fate_done (struct fate *f)
 #endif
   if (f->pidfd >= 0 && process_exited (f->pidfd))
     return f->done = 1;
-  if (disk_settings.quiesce_ms >= 0 && f->ended_ms >= 0 &&
-      engine_now_ms () >= f->ended_ms + disk_settings.quiesce_ms)
+  if (settings.quiesce_ms >= 0 && f->ended_ms >= 0 &&
+      engine_now_ms () >= f->ended_ms + settings.quiesce_ms)
     return f->done = 1;
   return 0;
 }

@@ -43,6 +43,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "direct.h"
+
 struct kept;
 struct doubt;
 
@@ -55,13 +57,8 @@ struct sending {
   struct sending *next;
 };
 
-/* The settings every disk shares, set once after configuration. */
-struct disk_settings {
-  int64_t repair_memory;        /* repair-memory=: bytes of kept data */
-  int64_t quiesce_ms;           /* quiesce-time=; -1: not declared */
-  int64_t reconnect_ms;         /* reconnect-delay=; 0: off */
-};
-extern struct disk_settings disk_settings;
+/* The settings, as Go gave them (direct.h, datapath_configure). */
+extern struct datapath_settings settings;
 
 /* An nbdkit connection, as its kept writes know it: a repair that
  * fails loses its writes, and its flushes must then fail.
@@ -76,7 +73,6 @@ struct fate {
   int refs;                     /* its link's, one per doubt, per kept write */
   uint64_t gen;                 /* numbers the disk's fates, for messages */
   /* What ends its doubts (doubt.c, fate_done). */
-  int server_exits;             /* command=: closing it ends the server */
   int pidfd;                    /* the server's process (peer.c), or -1 */
   int64_t ended_ms;             /* when its connection was seen to end; -1 */
   int done;                     /* nothing sent on it can be carried out */
@@ -119,7 +115,7 @@ struct disk *disk_get (const char *name);
 /* A fate for a new server connection to d.  pidfd (-1: none) is the
  * server's process, owned by the fate from now on.  NULL on ENOMEM.
  */
-struct fate *fate_new (struct disk *d, int server_exits, int pidfd);
+struct fate *fate_new (struct disk *d, int pidfd);
 /* The connection ended other than politely (it failed, or was ended),
  * at the first call: its doubts' quiesce-time starts, its kept writes
  * become orphans.  _locked: d->lock held.

@@ -23,7 +23,7 @@ struct doubt {
 static int
 can_end (struct fate *f)
 {
-  return f->server_exits || f->pidfd >= 0 || disk_settings.quiesce_ms >= 0;
+  return settings.server_exits || f->pidfd >= 0 || settings.quiesce_ms >= 0;
 }
 
 static void
@@ -170,8 +170,8 @@ refusal (struct doubt *o, int64_t deadline_ms, int64_t now)
   if (!can_end (f))
     return "for good: nothing shows that the server which had it is done";
   /* With only the user's declaration to go by, the end is known. */
-  if (!f->server_exits && f->pidfd < 0) {
-    until = f->ended_ms + disk_settings.quiesce_ms;
+  if (!settings.server_exits && f->pidfd < 0) {
+    until = f->ended_ms + settings.quiesce_ms;
     if (until > deadline_ms)
       return "until quiesce-time after its connection ended, which is "
         "past this request's reconnect-delay";
@@ -230,9 +230,9 @@ write_begin (struct disk *d, struct sending *s, int order,
       return EIO;
     }
     until = doubt_deadline_ms;
-    if (!o->fate->server_exits && disk_settings.quiesce_ms >= 0 &&
-        o->fate->ended_ms + disk_settings.quiesce_ms < until)
-      until = o->fate->ended_ms + disk_settings.quiesce_ms;
+    if (!settings.server_exits && settings.quiesce_ms >= 0 &&
+        o->fate->ended_ms + settings.quiesce_ms < until)
+      until = o->fate->ended_ms + settings.quiesce_ms;
     wait_for (d, o, until);
   }
   pthread_mutex_unlock (&d->lock);

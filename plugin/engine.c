@@ -761,12 +761,6 @@ engine_new (struct nbd_handle *nbd, int64_t timeout_ms)
   return e;
 }
 
-int
-engine_fd (struct engine *e)
-{
-  return e->sock_fd;
-}
-
 void
 engine_shut_down (struct engine *e)
 {
@@ -804,12 +798,14 @@ disconnect (struct engine *e, int64_t deadline)
 }
 
 void
-engine_close (struct engine *e, int64_t timeout_ms)
+engine_close (struct engine *e)
 {
-  int64_t deadline = timeout_ms > 0 ? engine_now_ms () + timeout_ms : -1;
+  int64_t timeout_ms, deadline;
 
   if (e == NULL)
     return;
+  timeout_ms = e->timeout_ms;
+  deadline = timeout_ms > 0 ? engine_now_ms () + timeout_ms : -1;
   if ((disconnect (e, deadline) == -1 || atomic_load (&e->timed_out)) &&
       timeout_ms > 0) {
     /* The server is not answering.  If we started it, nbd_close would

@@ -165,15 +165,12 @@ int engine_is_dead (struct engine *e);
  */
 void engine_shut_down (struct engine *e);
 
-/* The engine's descriptor of the connection's socket (for peer.h). */
-int engine_fd (struct engine *e);
-
-/* End the connection politely (waiting at most timeout_ms, 0: no limit,
- * then ending it at once and, for a server we started, killing it) and
- * free everything.  No command may be running.  Once it returns, a
+/* End the connection politely (waiting at most the engine's timeout_ms,
+ * 0: no limit, then ending it at once and, for a server we started,
+ * killing it) and free everything.  No command may be running.  Once it returns, a
  * server that libnbd started (command=) has exited.
  */
-void engine_close (struct engine *e, int64_t timeout_ms);
+void engine_close (struct engine *e);
 
 /* CLOCK_MONOTONIC in milliseconds, the clock of every deadline here. */
 int64_t engine_now_ms (void);

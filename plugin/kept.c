@@ -124,7 +124,7 @@ struct blob *
 blob_copy (const void *buf, uint64_t count)
 {
   struct blob *b = NULL;
-  int64_t limit = disk_settings.repair_memory;
+  int64_t limit = settings.repair_memory;
   int c = class_of (count);
   uint64_t cap = c >= 0 ? (uint64_t) 1 << (POOL_MIN_SHIFT + c) : count;
 
@@ -157,7 +157,7 @@ blob_put (struct blob *b)
     return;
   cap = capacity (b);
   atomic_fetch_sub (&total, (int64_t) cap);
-  if (b->class >= 0 && (int64_t) cap <= disk_settings.repair_memory / 2) {
+  if (b->class >= 0 && (int64_t) cap <= settings.repair_memory / 2) {
     struct blob *evicted = NULL, *x;
     int c;
 
@@ -166,16 +166,16 @@ blob_put (struct blob *b)
      * sizes make room.
      */
     for (c = 0; c < POOL_CLASSES &&
-           pooled + (int64_t) cap > disk_settings.repair_memory / 2; ++c) {
+           pooled + (int64_t) cap > settings.repair_memory / 2; ++c) {
       while (c != b->class && (x = pool[c]) != NULL &&
-             pooled + (int64_t) cap > disk_settings.repair_memory / 2) {
+             pooled + (int64_t) cap > settings.repair_memory / 2) {
         pool[c] = x->next;
         pooled -= capacity (x);
         x->next = evicted;
         evicted = x;
       }
     }
-    if (pooled + (int64_t) cap <= disk_settings.repair_memory / 2) {
+    if (pooled + (int64_t) cap <= settings.repair_memory / 2) {
       b->next = pool[b->class];
       pool[b->class] = b;
       pooled += cap;
@@ -616,7 +616,7 @@ kept_over_share (struct fate *f)
   /* From half the bound on, so that the other half takes the writes
    * that come while the flush is out.
    */
-  int64_t half = disk_settings.repair_memory / 2;
+  int64_t half = settings.repair_memory / 2;
   int n = atomic_load (&keeping);
 
   return half > 0 && !f->failed && atomic_load (&total) > half &&
@@ -626,7 +626,7 @@ kept_over_share (struct fate *f)
 int
 kept_full (uint64_t count)
 {
-  int64_t limit = disk_settings.repair_memory;
+  int64_t limit = settings.repair_memory;
 
   return limit > 0 && atomic_load (&total) + (int64_t) count > limit;
 }

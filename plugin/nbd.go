@@ -93,6 +93,7 @@ func dumpPlugin() {
 }
 
 func afterFork() error {
+	configureDataPath()
 	if !cfg.shared {
 		return nil
 	}

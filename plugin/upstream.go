@@ -7,6 +7,10 @@ package plugin
 // connection said about the disk.  With reconnect-delay, the data path
 // asks Go for a new connection when the current one fails
 // (nbdgoRedial); Go dials it here and hands it over (path_install).
+//
+// This file is the seam between Go and the data path: direct.h is all
+// of the data path that Go calls, and a connected libnbd handle handed
+// over here belongs to the data path from then on.
 
 /*
 #cgo CFLAGS: -O2 -Wall -I${SRCDIR}/../nbdkit
@@ -52,35 +56,38 @@ func newUpstream(export string) (*upstream, error) {
 		h.Close()
 		return nil, err
 	}
-	e, err := newEngine(h)
-	if err != nil {
-		return nil, err
-	}
 	u := &upstream{export: export, facts: facts}
 	u.ref = cgo.NewHandle(u)
+	cexport := C.CString(export)
+	defer C.free(unsafe.Pointer(cexport))
+	released := h.Release()
+	p, err := C.path_new((*C.struct_nbd_handle)(released), cexport,
+		cbool(facts.flush), C.uintptr_t(u.ref))
+	if p == nil {
+		libnbd.CloseReleased(released)
+		u.ref.Delete()
+		return nil, fmt.Errorf("starting the data path: %w", err)
+	}
+	u.path = p
+	return u, nil
+}
+
+// configureDataPath gives the data path its settings, once, before the
+// first server connection.
+func configureDataPath() {
 	quiesce := int64(-1)
 	if cfg.quiesceGiven {
 		quiesce = cfg.quiesce.Milliseconds()
 	}
-	C.direct_settings(C.int64_t(cfg.repairMemory), C.int64_t(quiesce),
-		C.int64_t(cfg.reconnectDelay.Milliseconds()))
-	// A server that command= started exits when its connection is
-	// closed, which ends the doubt over writes it was sent (doubt.h).
-	serverExits := C.int(0)
-	if cfg.command != "" {
-		serverExits = 1
-	}
-	cexport := C.CString(export)
-	defer C.free(unsafe.Pointer(cexport))
-	u.path = C.path_new(e, cexport, C.int64_t(cfg.reconnectDelay.Milliseconds()),
-		C.int64_t(cfg.timeout.Milliseconds()), serverExits, cbool(facts.flush),
-		C.uintptr_t(u.ref))
-	if u.path == nil {
-		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
-		u.ref.Delete()
-		return nil, syscall.ENOMEM
-	}
-	return u, nil
+	C.datapath_configure(&C.struct_datapath_settings{
+		reconnect_ms:  C.int64_t(cfg.reconnectDelay.Milliseconds()),
+		timeout_ms:    C.int64_t(cfg.timeout.Milliseconds()),
+		repair_memory: C.int64_t(cfg.repairMemory),
+		quiesce_ms:    C.int64_t(quiesce),
+		// A server that command= started exits when its connection is
+		// closed, which ends the doubt over writes it was sent (doubt.h).
+		server_exits: cbool(cfg.command != ""),
+	})
 }
 
 // openDeadline: with reconnect-delay, a client that connects while the
@@ -90,19 +97,6 @@ func openDeadline() time.Time {
 		return time.Time{}
 	}
 	return time.Now().Add(cfg.reconnectDelay)
-}
-
-// newEngine hands a connected handle to a command engine (engine.h),
-// which owns it from then on.
-func newEngine(h *libnbd.Handle) (*C.struct_engine, error) {
-	released := h.Release()
-	nbd := (*C.struct_nbd_handle)(released)
-	e, err := C.engine_new(nbd, C.int64_t(cfg.timeout.Milliseconds()))
-	if e == nil {
-		libnbd.CloseReleased(released)
-		return nil, fmt.Errorf("starting the command engine: %w", err)
-	}
-	return e, nil
 }
 
 // client is one nbdkit connection's data path over u (direct.c).
@@ -141,39 +135,44 @@ func (u *upstream) close() {
 	u.ref.Delete()
 }
 
+// nbdgoRedial: the data path asks for a new connection within leftMs.
+//
 //export nbdgoRedial
-func nbdgoRedial(ref C.uintptr_t, deadlineMs C.int64_t) {
+func nbdgoRedial(ref C.uintptr_t, leftMs C.int64_t) {
 	u := cgo.Handle(ref).Value().(*upstream)
-	left := time.Duration(int64(deadlineMs)-int64(C.engine_now_ms())) * time.Millisecond
-	go u.redial(time.Now().Add(left))
+	go u.redial(time.Now().Add(time.Duration(leftMs) * time.Millisecond))
 }
 
 // redial connects again and again until a connection to the same disk
 // works or deadline passes, then hands it to the data path.  u.mu is
 // held only while the path is used: path_install never waits (the old
 // connection is closed in the background), and a connection nobody
-// wants any more is closed after unlocking, since a polite goodbye can
-// take up to timeout=.
+// takes is closed after unlocking, since a polite goodbye can take up
+// to timeout=.
 func (u *upstream) redial(deadline time.Time) {
 	h, err := dial(u.export, false, 0, deadline, u.facts.match)
-	var e *C.struct_engine
-	if err == nil {
-		e, err = newEngine(h)
-	}
+	var left unsafe.Pointer // a handle nobody took
 	u.mu.Lock()
-	closed := u.closed
 	switch {
-	case closed:
+	case u.closed:
+		if err == nil {
+			left = h.Release()
+		}
 	case err != nil:
 		nbdkit.Debugf("reconnecting: %v", err)
 		C.path_redial_failed(u.path)
 	default:
-		nbdkit.Debugf("reconnected to the server")
-		C.path_install(u.path, e)
+		released := h.Release()
+		if r, ierr := C.path_install(u.path, (*C.struct_nbd_handle)(released)); r != 0 {
+			nbdkit.Debugf("reconnecting: starting the data path: %v", ierr)
+			left = released
+		} else {
+			nbdkit.Debugf("reconnected to the server")
+		}
 	}
 	u.mu.Unlock()
-	if closed && e != nil {
-		C.engine_close(e, C.int64_t(cfg.timeout.Milliseconds()))
+	if left != nil {
+		libnbd.CloseReleased(left)
 	}
 }
 

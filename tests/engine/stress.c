@@ -293,7 +293,7 @@ close_dead (struct engine *e)
 {
   int64_t t0 = engine_now_ms ();
 
-  engine_close (e, 1000);
+  engine_close (e);
   CHECK (engine_now_ms () - t0 < 100 + slack_ms,
          "engine_close of a dead connection took %" PRId64 " ms",
          engine_now_ms () - t0);
@@ -566,7 +566,7 @@ scenario_mixed (void)
   CHECK (eio > 0, "no command met the error filter's EIO in %ld commands",
          ops);
   CHECK (engine_is_dead (e) == 0, "the connection died");
-  engine_close (e, 5000);
+  engine_close (e);
   server_stop (&s, SIGTERM);
   printf ("  mixed: %d threads, %ld commands, %ld server EIO\n",
           MIX_THREADS, ops, eio);
@@ -929,13 +929,13 @@ scenario_close (void)
 
   scenario = "close";
   server_start (&s, "close", args);
-  e = new_engine (server_connect (&s), 0);
+  e = new_engine (server_connect (&s), 300);
   CHECK (run (e, &req, &res) == ENGINE_OK, "a write ended %s",
          outcome_name (res.outcome));
   kill (s.pid, SIGSTOP);
   wait_stopped (s.pid);
   t0 = engine_now_ms ();
-  engine_close (e, 300);
+  engine_close (e);
   took = engine_now_ms () - t0;
   CHECK (took >= 250 && took <= 300 + slack_ms,
          "engine_close (300) with the server stopped took %" PRId64 " ms",
