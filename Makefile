@@ -103,7 +103,7 @@ check: all check-engine
 	$(GO) vet ./...
 	$(GO) vet -tags packaging ./tests
 	@test -z "$$(gofmt -l nbdkit libnbd plugin cmd examples tests)" || { gofmt -l nbdkit libnbd plugin cmd examples tests; exit 1; }
-	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin
+	$(GO) test -race -count=1 ./nbdkit ./libnbd ./plugin/...
 	$(GO) test -count=1 -timeout 12m ./tests
 	cd tests/history && HISTORY_SCHEDULES=20 $(GO) test -count=1 -parallel 2 -timeout 10m
 
@@ -162,7 +162,7 @@ check-filesystem: $(PLUGIN)
 # DEB_BUILD_OPTIONS=nocheck): the unit tests and one smoke test of the
 # built plugin.
 check-unit: $(PLUGIN)
-	$(GO) test -count=1 ./nbdkit ./libnbd ./plugin
+	$(GO) test -count=1 ./nbdkit ./libnbd ./plugin/...
 	./tests/smoke.sh $(PLUGIN)
 
 # The tests that install things on this machine (as root): the build
@@ -178,7 +178,7 @@ check-packaging: all
 check-debian13:
 	./.ci/check-debian13
 
-# The command engine (plugin/engine.c) under ThreadSanitizer: a C stress
+# The command engine (plugin/datapath/engine.c) under ThreadSanitizer: a C stress
 # test (tests/engine/stress.c) against real nbdkit servers: many threads
 # on one handle, server errors, the server killed, timeouts, engine_close with the server stopped.  A race TSan sees
 # fails the run (exit status 66), as does any failed check.
@@ -189,10 +189,10 @@ check-debian13:
 # widens the time bounds on a loaded machine.
 ENGINE_STRESS = build/engine-stress
 ENGINE_STRESS_CFLAGS = -fsanitize=thread -g -O1 -Wall -Wextra -Wno-tsan \
-	-Wno-unused-parameter -Iplugin $(shell $(PKG_CONFIG) --cflags libnbd)
-$(ENGINE_STRESS): tests/engine/stress.c plugin/engine.c plugin/engine.h
+	-Wno-unused-parameter -Iplugin/datapath $(shell $(PKG_CONFIG) --cflags libnbd)
+$(ENGINE_STRESS): tests/engine/stress.c plugin/datapath/engine.c plugin/datapath/engine.h
 	@mkdir -p build
-	$(CC) $(ENGINE_STRESS_CFLAGS) -o $@ tests/engine/stress.c plugin/engine.c \
+	$(CC) $(ENGINE_STRESS_CFLAGS) -o $@ tests/engine/stress.c plugin/datapath/engine.c \
 		$(shell $(PKG_CONFIG) --libs libnbd) -lpthread
 
 check-engine: $(ENGINE_STRESS)

@@ -4,11 +4,11 @@
 // every request to another NBD server, a drop-in replacement for
 // nbdkit's C nbd plugin.
 //
-// One file per concern: config.go takes the parameters, connect.go
-// connects to the server, upstream.go holds a server connection, and
-// this file the callbacks.  Data requests do not come here: the loader
-// hands them to the C data path (direct.c), which sends them through
-// the command engine (engine.c).
+// This package is the control side, one file per concern: config.go
+// takes the parameters, connect.go connects to the server, upstream.go
+// holds a server connection, and this file the callbacks.  Data
+// requests do not come here: the loader hands them to the data path
+// (package datapath, in C), which says how it is laid out.
 package plugin
 
 import (
@@ -19,6 +19,7 @@ import (
 
 	"nbdkit-nbd-go-plugin/libnbd"
 	"nbdkit-nbd-go-plugin/nbdkit"
+	"nbdkit-nbd-go-plugin/plugin/datapath"
 )
 
 // Version is the plugin's version.
@@ -29,7 +30,7 @@ var Version = "unknown" // set by the Makefile (-X) from ../VERSION
 // read-only.
 type conn struct {
 	up       *upstream
-	data     client
+	data     datapath.Client
 	readonly bool
 }
 
@@ -78,8 +79,8 @@ var Plugin = &nbdkit.Plugin[*conn]{
 	DirectOps:         []string{"pread", "pwrite", "flush", "trim", "zero", "extents", "cache"},
 }
 
-// direct gives the loader the connection's data path (direct.c).
-func direct(c *conn) unsafe.Pointer { return c.data.ops() }
+// direct gives the loader the connection's data path.
+func direct(c *conn) unsafe.Pointer { return c.data.Ops() }
 
 func dumpPlugin() {
 	h, err := libnbd.Create()
@@ -137,7 +138,9 @@ func listExports(readonly, isTLS bool, e *nbdkit.Exports) error {
 }
 
 // defaultExport is, with dynamic-export, the server's canonical name for
-// its default export (or "" if it does not say).
+// its default export: "" if it does not say, and also when it cannot be
+// reached or asked: the client's export is then "", and a server still
+// unreachable fails the client's open, where the error is reported.
 func defaultExport(readonly, isTLS bool) (string, error) {
 	if !cfg.dynamicExport {
 		return cfg.export, nil
@@ -186,7 +189,7 @@ func open(readonly bool) (*conn, error) {
 
 // closeConn ends a client's own server connection politely.
 func closeConn(c *conn) {
-	c.data.free()
+	c.data.Free()
 	if c.up != sharedConn {
 		c.up.close()
 	}

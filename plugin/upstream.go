@@ -3,34 +3,19 @@
 package plugin
 
 // An upstream is a server connection as nbdkit's connections see it: the
-// C data path (direct.c) over the current connection, and what the first
-// connection said about the disk.  With reconnect-delay, the data path
-// asks Go for a new connection when the current one fails
-// (nbdgoRedial); Go dials it here and hands it over (path_install).
-//
-// This file is the seam between Go and the data path: direct.h is all
-// of the data path that Go calls, and a connected libnbd handle handed
-// over here belongs to the data path from then on.
-
-/*
-#cgo CFLAGS: -O2 -Wall -I${SRCDIR}/../nbdkit
-#cgo pkg-config: libnbd
-#include <stdlib.h>
-#include "direct.h"
-*/
-import "C"
+// data path over the current connection (datapath.Path), and what the
+// first connection said about the disk.  With reconnect-delay, the data
+// path asks for a new connection when the current one fails; redial
+// dials it and hands it over.
 
 import (
 	"errors"
 	"fmt"
-	"runtime/cgo"
-	"sync"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"nbdkit-nbd-go-plugin/libnbd"
 	"nbdkit-nbd-go-plugin/nbdkit"
+	"nbdkit-nbd-go-plugin/plugin/datapath"
 )
 
 type upstream struct {
@@ -38,11 +23,7 @@ type upstream struct {
 	// facts is what nbdkit told clients about the disk; a new connection
 	// must show the same, or it is not used.
 	facts serverFacts
-	path  *C.struct_path // C memory: nbdkit's threads use it without Go
-	ref   cgo.Handle     // this upstream, for nbdgoRedial
-
-	mu     sync.Mutex // protects closed and path against a late redial
-	closed bool
+	path  *datapath.Path
 }
 
 // newUpstream connects to the server and reads what it offers.
@@ -57,36 +38,22 @@ func newUpstream(export string) (*upstream, error) {
 		return nil, err
 	}
 	u := &upstream{export: export, facts: facts}
-	u.ref = cgo.NewHandle(u)
-	cexport := C.CString(export)
-	defer C.free(unsafe.Pointer(cexport))
-	released := h.Release()
-	p, err := C.path_new((*C.struct_nbd_handle)(released), cexport,
-		cbool(facts.flush), C.uintptr_t(u.ref))
-	if p == nil {
-		libnbd.CloseReleased(released)
-		u.ref.Delete()
-		return nil, fmt.Errorf("starting the data path: %w", err)
+	if u.path, err = datapath.NewPath(h, export, facts.flush, u.redial); err != nil {
+		return nil, err
 	}
-	u.path = p
 	return u, nil
 }
 
 // configureDataPath gives the data path its settings, once, before the
 // first server connection.
 func configureDataPath() {
-	quiesce := int64(-1)
-	if cfg.quiesceGiven {
-		quiesce = cfg.quiesce.Milliseconds()
-	}
-	C.datapath_configure(&C.struct_datapath_settings{
-		reconnect_ms:  C.int64_t(cfg.reconnectDelay.Milliseconds()),
-		timeout_ms:    C.int64_t(cfg.timeout.Milliseconds()),
-		repair_memory: C.int64_t(cfg.repairMemory),
-		quiesce_ms:    C.int64_t(quiesce),
-		// A server that command= started exits when its connection is
-		// closed, which ends the doubt over writes it was sent (doubt.h).
-		server_exits: cbool(cfg.command != ""),
+	datapath.Configure(datapath.Settings{
+		ReconnectDelay: cfg.reconnectDelay,
+		Timeout:        cfg.timeout,
+		RepairMemory:   cfg.repairMemory,
+		Quiesce:        cfg.quiesce,
+		QuiesceGiven:   cfg.quiesceGiven,
+		ServerExits:    cfg.command != "",
 	})
 }
 
@@ -99,81 +66,27 @@ func openDeadline() time.Time {
 	return time.Now().Add(cfg.reconnectDelay)
 }
 
-// client is one nbdkit connection's data path over u (direct.c).
-type client struct{ c *C.struct_client }
-
 // newClient starts a client's data path; it must be freed.
-func (u *upstream) newClient() (client, error) {
-	c := C.client_new(u.path)
-	if c == nil {
-		return client{}, syscall.ENOMEM
-	}
-	return client{c}, nil
-}
-
-// ops is the struct nbdkitgo_direct for the loader.
-func (c client) ops() unsafe.Pointer { return unsafe.Pointer(C.client_ops(c.c)) }
-
-func (c client) free() { C.client_free(c.c) }
-
-func cbool(b bool) C.int {
-	if b {
-		return 1
-	}
-	return 0
-}
+func (u *upstream) newClient() (datapath.Client, error) { return u.path.NewClient() }
 
 // close ends the server connection politely (within timeout=, if set)
-// and frees everything.  No request is running: nbdkit closes a
-// connection only after its last request.
-func (u *upstream) close() {
-	u.mu.Lock()
-	u.closed = true
-	C.path_free(u.path)
-	u.path = nil
-	u.mu.Unlock()
-	u.ref.Delete()
-}
-
-// nbdgoRedial: the data path asks for a new connection within leftMs.
-//
-//export nbdgoRedial
-func nbdgoRedial(ref C.uintptr_t, leftMs C.int64_t) {
-	u := cgo.Handle(ref).Value().(*upstream)
-	go u.redial(time.Now().Add(time.Duration(leftMs) * time.Millisecond))
-}
+// and frees everything.
+func (u *upstream) close() { u.path.Free() }
 
 // redial connects again and again until a connection to the same disk
-// works or deadline passes, then hands it to the data path.  u.mu is
-// held only while the path is used: path_install never waits (the old
-// connection is closed in the background), and a connection nobody
-// takes is closed after unlocking, since a polite goodbye can take up
-// to timeout=.
+// works or deadline passes, then hands it to the data path.
 func (u *upstream) redial(deadline time.Time) {
 	h, err := dial(u.export, false, 0, deadline, u.facts.match)
-	var left unsafe.Pointer // a handle nobody took
-	u.mu.Lock()
-	switch {
-	case u.closed:
-		if err == nil {
-			left = h.Release()
-		}
-	case err != nil:
+	if err != nil {
 		nbdkit.Debugf("reconnecting: %v", err)
-		C.path_redial_failed(u.path)
-	default:
-		released := h.Release()
-		if r, ierr := C.path_install(u.path, (*C.struct_nbd_handle)(released)); r != 0 {
-			nbdkit.Debugf("reconnecting: starting the data path: %v", ierr)
-			left = released
-		} else {
-			nbdkit.Debugf("reconnected to the server")
-		}
+		u.path.RedialFailed()
+		return
 	}
-	u.mu.Unlock()
-	if left != nil {
-		libnbd.CloseReleased(left)
+	if err := u.path.Install(h); err != nil {
+		nbdkit.Debugf("reconnecting: %v", err)
+		return
 	}
+	nbdkit.Debugf("reconnected to the server")
 }
 
 // serverFacts is what a connection tells nbdkit about the disk.

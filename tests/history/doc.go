@@ -71,7 +71,7 @@
 // out later, and a stop-replace resumes just before Q passes (server.go).
 // No Q shorter than that margin is drawn: no server can keep it.  The
 // plugin's rule that copes with this, writes in doubt, is the man
-// page's (and plugin/doubt.h's).
+// page's (and plugin/datapath/doubt.h's).
 //
 // The chaos is sequenced on what the server sees (requests, their kind,
 // blocks and flags, connections, ends of file); timers only bound how

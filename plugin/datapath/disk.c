@@ -53,14 +53,7 @@ disk_get (const char *name)
 void
 disk_wait (struct disk *d, int64_t deadline_ms)
 {
-  struct timespec ts;
-
-  if (deadline_ms < 0) {
-    pthread_cond_wait (&d->changed, &d->lock);
-    return;
-  }
-  ts = (struct timespec) { deadline_ms / 1000, (deadline_ms % 1000) * 1000000L };
-  pthread_cond_timedwait (&d->changed, &d->lock, &ts);
+  engine_cond_wait (&d->changed, &d->lock, deadline_ms);
 }
 
 /* ---- Fates */

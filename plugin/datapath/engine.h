@@ -176,5 +176,10 @@ void engine_close (struct engine *e);
 int64_t engine_now_ms (void);
 /* A condition variable whose timed waits use that clock. */
 void engine_cond_init (pthread_cond_t *c);
+/* Wait on c (made by engine_cond_init; m held) until deadline_ms on that
+ * clock, -1: no limit.
+ */
+void engine_cond_wait (pthread_cond_t *c, pthread_mutex_t *m,
+                       int64_t deadline_ms);
 
 #endif

@@ -11,7 +11,7 @@
  * counts the path's connections).  Without reconnect-delay it is the
  * first one for the path's whole life, and requests use it without
  * counting.  With reconnect-delay a request that finds the connection
- * failed waits for a new one (Go dials it: see upstream.go,
+ * failed waits for a new one (Go dials it: see seam.go,
  * nbdgoRedial) and runs again on it; each request counts itself on the
  * link it uses, under lock, so that a replaced connection is closed (its
  * socket, eventfd and, for command=, its server process) once the last
@@ -53,7 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "direct.h"
+#include "datapath.h"
 #include "disk.h"
 #include "doubt.h"
 #include "engine.h"
@@ -298,7 +298,6 @@ log_failure (struct path *p, struct link *l, const char *why)
 static struct link *
 replacement (struct path *p, struct link *old, int64_t deadline)
 {
-  struct timespec ts = { deadline / 1000, (deadline % 1000) * 1000000L };
   struct link *l = NULL;
 
   pthread_mutex_lock (&p->lock);
@@ -310,7 +309,7 @@ replacement (struct path *p, struct link *old, int64_t deadline)
       pthread_mutex_lock (&p->lock);
       continue;
     }
-    pthread_cond_timedwait (&p->changed, &p->lock, &ts);
+    engine_cond_wait (&p->changed, &p->lock, deadline);
   }
   if (p->cur != old) {
     l = p->cur;

@@ -33,7 +33,7 @@
 /* A pidfd of the process serving the connected socket fd, or -1 when
  * that cannot be told for certain.  *pid: the serving process if
  * found, else the listener as SO_PEERCRED gives it (0: none), certain
- * or not: which connections reach the same server (direct.c).
+ * or not: which connections reach the same server (serve.c).
  */
 int peer_pidfd (int fd, pid_t *pid);
 

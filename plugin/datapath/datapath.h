@@ -1,12 +1,33 @@
 /* SPDX-License-Identifier: BSD-3-Clause
  *
- * The plugin's data path (direct.c): for each nbdkit connection a
- * client, whose struct nbdkitgo_direct the loader calls for every data
- * request, over a path: the current server connection (an engine),
- * which Go may replace, shared by every client in shared mode.
+ * The data path's seam: every function Go calls (seam.go), and nothing
+ * else.  Each setting is given once (datapath_configure); a connected
+ * libnbd handle handed to path_new or path_install is the data path's
+ * from then on.
+ *
+ * Words, as every file here and in Go uses them:
+ *  - client: one nbdkit client's connection to nbdkit (struct client),
+ *    whose struct nbdkitgo_direct the loader calls for every data
+ *    request.
+ *  - server connection: one connection of the plugin to the server;
+ *    struct link (serve.c) holds it, with the requests using it.
+ *  - engine: the command engine on one server connection (engine.h),
+ *    which many threads use at once.
+ *  - path: the way of a client's requests to the server (struct path):
+ *    its current server connection, replaced when it fails (with
+ *    reconnect-delay); every client shares one with shared=true.
+ *  - disk: one export of the server, across every server connection to
+ *    it (disk.h); one per export name with dynamic-export.
+ *  - fate: a server connection's record on its disk, which outlives it
+ *    (disk.h): what ends its writes in doubt, the writes it kept.
+ *  - a write in doubt: sent on a server connection that ended before the
+ *    server answered; a doubt (doubt.c) is the record of one.  The rule
+ *    is stated once, in doubt.h.
+ *  - a kept write: one acknowledged and not yet covered by a flush,
+ *    kept so that a repair can write it again (kept.h).
  */
-#ifndef PLUGIN_DIRECT_H
-#define PLUGIN_DIRECT_H
+#ifndef NBDGO_DATAPATH_H
+#define NBDGO_DATAPATH_H
 
 #include <stdint.h>
 
@@ -36,9 +57,10 @@ void datapath_configure (const struct datapath_settings *s);
 struct path *path_new (struct nbd_handle *nbd, const char *export,
                        int server_flushes, uintptr_t go_ref);
 /* A redial succeeded: nbd replaces the current connection, which is
- * closed in the background once no request uses it.  Never waits.
- * 0, or -1 with errno set; nbd is then still the caller's (and the
- * redial counts as failed).
+ * closed in the background once no request uses it.  Does not wait for
+ * a server, unless no thread can be started to close the old connection
+ * (it is then closed here, within timeout=).  0, or -1 with errno set;
+ * nbd is then still the caller's (and the redial counts as failed).
  */
 int path_install (struct path *p, struct nbd_handle *nbd);
 /* A redial gave up (its deadline passed). */

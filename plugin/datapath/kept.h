@@ -32,7 +32,7 @@
  * total past the bound waits for that flush (kept_full); past twice the
  * bound (other connections keeping the rest, and not flushing) a write
  * is not kept, and its client falls back to the rule of
- * repair-memory=0 (direct.c).
+ * repair-memory=0 (serve.c).
  *
  * Invariants (besides disk.h's).  Kept writes do not overlap; each is
  * in its disk's tree, by offset, and on its fate's list, oldest first.

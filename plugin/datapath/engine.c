@@ -113,6 +113,13 @@ engine_now_ms (void)
   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* ms milliseconds as a timespec. */
+static struct timespec
+ms_timespec (int64_t ms)
+{
+  return (struct timespec) { ms / 1000, (ms % 1000) * 1000000L };
+}
+
 void
 engine_cond_init (pthread_cond_t *c)
 {
@@ -122,6 +129,27 @@ engine_cond_init (pthread_cond_t *c)
   pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
   pthread_cond_init (c, &attr);
   pthread_condattr_destroy (&attr);
+}
+
+void
+engine_cond_wait (pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline_ms)
+{
+  struct timespec ts;
+
+  if (deadline_ms < 0) {
+    pthread_cond_wait (c, m);
+    return;
+  }
+  ts = ms_timespec (deadline_ms);
+  pthread_cond_timedwait (c, m, &ts);
+}
+
+/* The poll events libnbd waits for, from nbd_aio_get_direction. */
+static short
+poll_events (unsigned dir)
+{
+  return ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+         ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
 }
 
 /* Milliseconds until deadline (at least 0), or -1 for none. */
@@ -139,7 +167,7 @@ ms_left (int64_t deadline)
 static void
 futex_wait (_Atomic unsigned *word, unsigned val, int timeout_ms)
 {
-  struct timespec ts = { timeout_ms / 1000, (timeout_ms % 1000) * 1000000L };
+  struct timespec ts = ms_timespec (timeout_ms);
 
   syscall (SYS_futex, word, FUTEX_WAIT_PRIVATE, val,
            timeout_ms >= 0 ? &ts : NULL, NULL, 0);
@@ -555,8 +583,7 @@ lead (struct engine *e, struct cmd *c)
       break;                    /* libnbd has failed c, or refuses it */
     dir = nbd_aio_get_direction (e->nbd);
     fds[0].fd = e->sock_fd;
-    fds[0].events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
-                    ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+    fds[0].events = poll_events (dir);
     fds[1].fd = e->wake_fd;
     fds[1].events = POLLIN;
     r = poll (fds, 2, ms_left (deadline_of (e, c)));
@@ -772,8 +799,10 @@ engine_shut_down (struct engine *e)
 }
 
 /* Say goodbye to the server (NBD_CMD_DISC) and wait until deadline for
- * it to close: 1 if it did, 0 if the connection was already dead, -1 if
- * the server did not let go in time.
+ * it to close: 1 if it did; 0 if there is no goodbye to wait for (the
+ * connection was already dead, or libnbd failed to send the goodbye or
+ * to take in what the server sent after it); -1 if the server did not
+ * let go in time.
  */
 static int
 disconnect (struct engine *e, int64_t deadline)
@@ -786,8 +815,7 @@ disconnect (struct engine *e, int64_t deadline)
     return 0;
   while (!dead (e)) {
     dir = nbd_aio_get_direction (e->nbd);
-    pfd.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
-                 ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+    pfd.events = poll_events (dir);
     r = poll (&pfd, 1, ms_left (deadline));
     if (r == 0)
       return -1;

@@ -23,7 +23,7 @@
  *
  * A fate is the record of one server connection on its disk: what ends
  * the doubts of the writes sent on it, and the writes kept that it
- * acknowledged.  It outlives the connection (direct.c's struct link)
+ * acknowledged.  It outlives the connection (serve.c's struct link)
  * while doubts or kept writes refer to it.
  *
  * Invariants.  disk.lock protects everything in struct disk and struct
@@ -43,7 +43,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "direct.h"
+#include "datapath.h"
 
 struct kept;
 struct doubt;
@@ -57,7 +57,7 @@ struct sending {
   struct sending *next;
 };
 
-/* The settings, as Go gave them (direct.h, datapath_configure). */
+/* The settings, as Go gave them (datapath.h, datapath_configure). */
 extern struct datapath_settings settings;
 
 /* An nbdkit connection, as its kept writes know it: a repair that
