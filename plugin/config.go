@@ -15,10 +15,10 @@ import (
 )
 
 // The parameters, set by configKey; configComplete checks them as a
-// whole and fills in what follows from them (defaults, the vsock port,
-// the URI's scheme, shared=, tls=).
+// whole and fills in what follows from them (mode, defaults, the vsock
+// port, the URI's scheme in lower case, shared=, tls=).
 type config struct {
-	// Connection modes: exactly one is set.
+	// Server modes (serverModes): exactly one is set.
 	socket   string   // socket=
 	hostname string   // hostname=
 	vsock    *uint32  // vsock= (cid=, vhost-cid=)
@@ -295,31 +295,85 @@ func parseTLS(value string) (libnbd.TLSMode, error) {
 // uriSchemes are the URI schemes libnbd connects to.
 var uriSchemes = []string{"nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://"}
 
-// configComplete checks the parameters as a whole.
+// A serverMode is one way of reaching the server: configKey sets its
+// fields, configComplete checks that exactly one is given, and
+// connectMode (connect.go) connects with it.
+type serverMode struct {
+	key string
+	// given says whether the parameters give it, and how messages name
+	// it (key=value).
+	given   func() (bool, string)
+	connect func(h *libnbd.Handle) error
+	// single: it can serve only one connection (one server process, one
+	// inherited socket), so every client shares it.
+	single bool
+}
+
+// serverModes are the modes, in the order messages list them.
+var serverModes = []serverMode{
+	{key: "socket",
+		given:   func() (bool, string) { return cfg.socket != "", "socket=" + cfg.socket },
+		connect: func(h *libnbd.Handle) error { return h.ConnectUnix(cfg.socket) }},
+	{key: "hostname",
+		given: func() (bool, string) { return cfg.hostname != "", "hostname=" + cfg.hostname },
+		connect: func(h *libnbd.Handle) error {
+			port := cfg.port
+			if port == "" {
+				port = strconv.Itoa(nbdPort)
+			}
+			return h.ConnectTCP(cfg.hostname, port)
+		}},
+	{key: "vsock",
+		given: func() (bool, string) {
+			if cfg.vsock == nil {
+				return false, ""
+			}
+			return true, fmt.Sprintf("vsock=%d", *cfg.vsock)
+		},
+		connect: func(h *libnbd.Handle) error { return h.ConnectVsock(*cfg.vsock, cfg.vsockPort) }},
+	{key: "uri",
+		given:   func() (bool, string) { return cfg.uri != "", "uri=" + cfg.uri },
+		connect: func(h *libnbd.Handle) error { return h.ConnectURI(cfg.uri) }},
+	{key: "command", single: true,
+		given: func() (bool, string) { return cfg.command != "", "command=" + cfg.command },
+		connect: func(h *libnbd.Handle) error {
+			return h.ConnectSystemdSocketActivation(append([]string{cfg.command}, cfg.args...))
+		}},
+	{key: "socket-fd", single: true,
+		given: func() (bool, string) {
+			if cfg.socketFD == nil {
+				return false, ""
+			}
+			return true, fmt.Sprintf("socket-fd=%d", *cfg.socketFD)
+		},
+		connect: func(h *libnbd.Handle) error { return h.ConnectSocket(*cfg.socketFD) }},
+}
+
+// mode is the server mode the parameters give, once configComplete has
+// checked that there is exactly one.
+var mode *serverMode
+
+// configComplete checks the parameters as a whole and fills in what
+// follows from them (see config).
 func configComplete() error {
-	var modes []string
-	add := func(given bool, mode string) {
-		if given {
-			modes = append(modes, mode)
+	var given, keys []string
+	mode = nil
+	for i := range serverModes {
+		m := &serverModes[i]
+		keys = append(keys, m.key+"=")
+		if ok, name := m.given(); ok {
+			given = append(given, name)
+			mode = m
 		}
 	}
-	add(cfg.socket != "", "socket="+cfg.socket)
-	add(cfg.hostname != "", "hostname="+cfg.hostname)
-	if cfg.vsock != nil {
-		modes = append(modes, fmt.Sprintf("vsock=%d", *cfg.vsock))
-	}
-	add(cfg.uri != "", "uri="+cfg.uri)
-	add(cfg.command != "", "command="+cfg.command)
-	if cfg.socketFD != nil {
-		modes = append(modes, fmt.Sprintf("socket-fd=%d", *cfg.socketFD))
-	}
 	switch {
-	case len(modes) > 1:
-		return fmt.Errorf("give only one server, not %s", strings.Join(modes, " and "))
+	case len(given) > 1:
+		return fmt.Errorf("give only one server, not %s", strings.Join(given, " and "))
 	case cfg.port != "" && cfg.hostname == "" && cfg.vsock == nil:
 		return fmt.Errorf("port=%s needs hostname= or vsock=", cfg.port)
-	case len(modes) == 0:
-		return fmt.Errorf("no server given: use one of socket=, hostname=, vsock=, uri=, command= or socket-fd=")
+	case len(given) == 0:
+		return fmt.Errorf("no server given: use one of %s or %s",
+			strings.Join(keys[:len(keys)-1], ", "), keys[len(keys)-1])
 	}
 
 	cfg.vsockPort = nbdPort
@@ -357,19 +411,16 @@ func configComplete() error {
 	// One server process (command=) or one inherited socket (socket-fd=)
 	// can serve only one connection: every client shares it.  An
 	// inherited socket cannot be connected again either.
-	if cfg.command != "" || cfg.socketFD != nil {
-		mode := "command=" + cfg.command
-		if cfg.socketFD != nil {
-			mode = fmt.Sprintf("socket-fd=%d", *cfg.socketFD)
-		}
+	if mode.single {
+		_, name := mode.given()
 		switch {
 		case cfg.sharedGiven && !cfg.shared:
-			return fmt.Errorf("shared=false cannot be used with %s (it serves every client over one connection)", mode)
+			return fmt.Errorf("shared=false cannot be used with %s (it serves every client over one connection)", name)
 		case cfg.socketFD != nil && cfg.retry > 0:
-			return fmt.Errorf("retry=%d cannot be used with %s (an inherited socket can be connected only once)", cfg.retry, mode)
+			return fmt.Errorf("retry=%d cannot be used with %s (an inherited socket can be connected only once)", cfg.retry, name)
 		case cfg.socketFD != nil && cfg.reconnectDelay > 0:
 			return fmt.Errorf("reconnect-delay=%v cannot be used with %s (an inherited socket cannot be reconnected)",
-				cfg.reconnectDelay.Seconds(), mode)
+				cfg.reconnectDelay.Seconds(), name)
 		}
 		cfg.shared = true
 	}
@@ -377,10 +428,8 @@ func configComplete() error {
 		switch {
 		case cfg.exportGiven:
 			return fmt.Errorf("dynamic-export=true cannot be used with export=%s", cfg.export)
-		case cfg.command != "":
-			return fmt.Errorf("dynamic-export=true cannot be used with command= (it implies shared=true)")
-		case cfg.socketFD != nil:
-			return fmt.Errorf("dynamic-export=true cannot be used with socket-fd= (it implies shared=true)")
+		case mode.single:
+			return fmt.Errorf("dynamic-export=true cannot be used with %s= (it implies shared=true)", mode.key)
 		case cfg.shared:
 			return fmt.Errorf("dynamic-export=true cannot be used with shared=true")
 		}

@@ -4,7 +4,6 @@ package plugin
 
 import (
 	"fmt"
-	"strconv"
 	"time"
 
 	"nbdkit-nbd-go-plugin/libnbd"
@@ -152,23 +151,8 @@ func setTLS(h *libnbd.Handle) error {
 }
 
 func connectMode(h *libnbd.Handle) error {
-	switch {
-	case cfg.socket != "":
-		return h.ConnectUnix(cfg.socket)
-	case cfg.hostname != "":
-		port := cfg.port
-		if port == "" {
-			port = strconv.Itoa(nbdPort)
-		}
-		return h.ConnectTCP(cfg.hostname, port)
-	case cfg.vsock != nil:
-		return h.ConnectVsock(*cfg.vsock, cfg.vsockPort)
-	case cfg.uri != "":
-		return h.ConnectURI(cfg.uri)
-	case cfg.command != "":
-		return h.ConnectSystemdSocketActivation(append([]string{cfg.command}, cfg.args...))
-	case cfg.socketFD != nil:
-		return h.ConnectSocket(*cfg.socketFD)
+	if mode == nil {
+		return fmt.Errorf("no server configured")
 	}
-	return fmt.Errorf("no server configured")
+	return mode.connect(h)
 }
