@@ -740,9 +740,9 @@ engine_command (struct engine *e, struct engine_request *req,
     res->outcome = ENGINE_CONN_FAILED;
     if (c.refused || c.unsent || c.error == ESHUTDOWN ||
         (atomic_load (&e->server_shutdown) && server_closed (e)))
-      res->fate = ENGINE_NOT_DONE;
+      res->doubt = ENGINE_NOT_DONE;
     else
-      res->fate = ENGINE_IN_DOUBT;
+      res->doubt = ENGINE_IN_DOUBT;
     res->server_shutdown = atomic_load (&e->server_shutdown);
     res->timed_out = atomic_load (&e->timed_out);
     res->msg = conn_failed_msg (e, c.error ? c.error : ENOTCONN);

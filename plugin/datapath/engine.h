@@ -130,7 +130,7 @@ enum engine_outcome {
 /* CONN_FAILED: whether the server may still carry the command out (see
  * "What a failed command may still do" above).
  */
-enum engine_fate {
+enum engine_doubt {
   ENGINE_NOT_DONE,
   ENGINE_IN_DOUBT,
 };
@@ -139,7 +139,7 @@ struct engine_result {
   int outcome;                  /* enum engine_outcome */
   int errnum;                   /* the errno for the client, if not OK */
   int timed_out;                /* the connection was ended for a timeout */
-  int fate;                     /* CONN_FAILED: enum engine_fate */
+  int doubt;                    /* CONN_FAILED: enum engine_doubt */
   int server_shutdown;          /* CONN_FAILED: the server said
                                    NBD_ESHUTDOWN on this connection */
   char *msg;                    /* malloc'd message, or NULL */

@@ -714,7 +714,7 @@ repair_batch (struct fate *f, struct engine *e, uint64_t start, uint64_t end,
     outcome = engine_command (e, &req, &res);
     if (outcome == ENGINE_CONN_FAILED) {
       *why = res.msg;
-      if (res.fate == ENGINE_IN_DOUBT) {
+      if (res.doubt == ENGINE_IN_DOUBT) {
         /* A doubt like any other write's, though the repair itself
          * ignores doubts: what it writes is older than any over it.
          */

@@ -237,7 +237,7 @@ retire (struct path *p, struct link *l)
  * returns, after unlocking.
  */
 static struct link *
-unref (struct link *l)
+link_unref (struct link *l)
 {
   return --l->refs == 0 ? l : NULL;
 }
@@ -262,7 +262,7 @@ release (struct path *p, struct link *l)
   if (settings.reconnect_ms == 0)
     return;
   pthread_mutex_lock (&p->lock);
-  l = unref (l);
+  l = link_unref (l);
   pthread_mutex_unlock (&p->lock);
   retire (p, l);
 }
@@ -471,9 +471,9 @@ send_once (struct client *c, struct link *l, struct engine_request *req,
     if (outcome == ENGINE_CONN_FAILED) {
       fate_ended_locked (l->fate);
       /* Recorded before this request answers (doubt.h). */
-      if (res->fate == ENGINE_IN_DOUBT &&
+      if (res->doubt == ENGINE_IN_DOUBT &&
           doubt_add (l->fate, s->id, req->offset, req->count) == -1)
-        res->fate = -1;         /* not recorded: the disk is fenced */
+        res->doubt = -1;         /* not recorded: the disk is fenced */
     }
     if (outcome == ENGINE_OK && p->keeps) {
       sv->unkept = kept_write (l->fate, c->owner, req, b) == -1;
@@ -542,7 +542,7 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
         outcome = ENGINE_CONN_FAILED;
         res = (struct engine_result) {
           .outcome = ENGINE_CONN_FAILED, .errnum = EIO,
-          .fate = ENGINE_NOT_DONE, .msg = text,
+          .doubt = ENGINE_NOT_DONE, .msg = text,
         };
         text = NULL;
         fate_ended (l->fate);
@@ -564,7 +564,7 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
         break;
       if (!w)
         fate_ended (l->fate);
-      if (res.fate == -1)       /* a doubt could not be recorded */
+      if (res.doubt == -1)       /* a doubt could not be recorded */
         break;
     }
     if (res.server_shutdown)
@@ -872,7 +872,7 @@ path_install (struct path *p, struct nbd_handle *nbd)
   pthread_mutex_lock (&p->lock);
   if (l) {
     l->gen = ++p->last_gen;
-    old = unref (p->cur);
+    old = link_unref (p->cur);
     p->cur = l;
   }
   p->redialing = 0;

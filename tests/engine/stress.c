@@ -629,12 +629,12 @@ kill_run (void *arg)
      */
     if (known_dead) {
       CHECK (res.outcome == ENGINE_CONN_FAILED &&
-             res.fate == ENGINE_NOT_DONE,
+             res.doubt == ENGINE_NOT_DONE,
              "thread %d: %s started on a dead connection ended %s, "
-             "fate %d", t->idx, op_name (op), outcome_name (res.outcome),
-             res.fate);
+             "doubt %d", t->idx, op_name (op), outcome_name (res.outcome),
+             res.doubt);
     }
-    if (res.outcome == ENGINE_CONN_FAILED && res.fate == ENGINE_IN_DOUBT)
+    if (res.outcome == ENGINE_CONN_FAILED && res.doubt == ENGINE_IN_DOUBT)
       t->in_doubt++;
     if (res.outcome == ENGINE_CONN_FAILED) {
       int64_t g = atomic_load (&gone_ms);
@@ -750,7 +750,7 @@ to_run (void *arg)
   atomic_compare_exchange_strong (t->go_ms, &first, start);
   run (t->e, &req, &res);
   took = engine_now_ms () - start;
-  if (res.outcome == ENGINE_CONN_FAILED && res.fate == ENGINE_NOT_DONE &&
+  if (res.outcome == ENGINE_CONN_FAILED && res.doubt == ENGINE_NOT_DONE &&
       start - atomic_load (t->go_ms) >= TIMEOUT_MS - 5) {
     /* The machine held this thread back past the others' deadline:
      * refused, rightly; nothing to check about timing.
@@ -761,10 +761,10 @@ to_run (void *arg)
   CHECK (took <= t->bound_ms, "thread %d: the read took %" PRId64
          " ms, bound %" PRId64, t->idx, took, t->bound_ms);
   CHECK (res.outcome == ENGINE_CONN_FAILED && res.timed_out == 1 &&
-         res.errnum == EIO && res.fate == ENGINE_IN_DOUBT,
-         "thread %d: ended %s timed_out %d errnum %d fate %d, want "
+         res.errnum == EIO && res.doubt == ENGINE_IN_DOUBT,
+         "thread %d: ended %s timed_out %d errnum %d doubt %d, want "
          "CONN_FAILED, timed out, EIO, in doubt", t->idx,
-         outcome_name (res.outcome), res.timed_out, res.errnum, res.fate);
+         outcome_name (res.outcome), res.timed_out, res.errnum, res.doubt);
   /* The first command's deadline ends the connection for all. */
   CHECK (engine_now_ms () - atomic_load (t->go_ms) >= TIMEOUT_MS - 20,
          "thread %d: failed %" PRId64 " ms after the first command began, "
@@ -773,9 +773,9 @@ to_run (void *arg)
   /* Nothing is sent after the end. */
   start = engine_now_ms ();
   run (t->e, &req, &res);
-  CHECK (res.outcome == ENGINE_CONN_FAILED && res.fate == ENGINE_NOT_DONE,
-         "thread %d: a command after the end ended %s fate %d",
-         t->idx, outcome_name (res.outcome), res.fate);
+  CHECK (res.outcome == ENGINE_CONN_FAILED && res.doubt == ENGINE_NOT_DONE,
+         "thread %d: a command after the end ended %s doubt %d",
+         t->idx, outcome_name (res.outcome), res.doubt);
   CHECK (engine_now_ms () - start < 100 + slack_ms,
          "thread %d: a command after the end took %" PRId64 " ms",
          t->idx, engine_now_ms () - start);
@@ -854,7 +854,7 @@ shut_run (void *arg)
            outcome_name (res.outcome), res.errnum);
     if (res.errnum == ESHUTDOWN)
       t->shutdown++;
-    if (res.fate == ENGINE_IN_DOUBT)
+    if (res.doubt == ENGINE_IN_DOUBT)
       t->in_doubt++;
     else
       t->not_done++;
@@ -862,9 +862,9 @@ shut_run (void *arg)
       continue;
     /* Dead: every later command is refused at once. */
     run (t->e, &req, &res);
-    CHECK (res.outcome == ENGINE_CONN_FAILED && res.fate == ENGINE_NOT_DONE,
-           "thread %d: after the end a command ended %s fate %d", t->idx,
-           outcome_name (res.outcome), res.fate);
+    CHECK (res.outcome == ENGINE_CONN_FAILED && res.doubt == ENGINE_NOT_DONE,
+           "thread %d: after the end a command ended %s doubt %d", t->idx,
+           outcome_name (res.outcome), res.doubt);
     break;
   }
   return NULL;
@@ -968,14 +968,14 @@ scenario_close (void)
  * replies, or libnbd took the middle of a reply for a header and failed
  * the connection.  The engine now has no engine_server_closed and only
  * libnbd reads the socket.  To see d21d603's engine fail, build this file
- * against it (its engine_result has not_sent for fate) and run only this
+ * against it (its engine_result has not_sent for doubt) and run only this
  * scenario:
  *   mkdir /tmp/old
  *   git show d21d603:plugin/engine.c >/tmp/old/engine.c
  *   git show d21d603:plugin/engine.h >/tmp/old/engine.h
  *   f='-fsanitize=thread -g -O1 -Wno-tsan -I/tmp/old'
  *   cc $f -c -o /tmp/old/engine.o /tmp/old/engine.c
- *   cc $f -Dfate=not_sent -DENGINE_NOT_DONE=1 -DENGINE_IN_DOUBT=0 \
+ *   cc $f -Ddoubt=not_sent -DENGINE_NOT_DONE=1 -DENGINE_IN_DOUBT=0 \
  *     '-Dengine_close(e)=engine_close (e, 0)' -o /tmp/old/stress \
  *     tests/engine/stress.c /tmp/old/engine.o -lnbd -lpthread
  *   ENGINE_STRESS_ONLY=race /tmp/old/stress
@@ -1101,7 +1101,7 @@ race_run (void *arg)
     /* The connection failed: for a read that had been sent, not before
      * the window closed (race_round checks).
      */
-    if (!t->writer && res.fate == ENGINE_IN_DOUBT &&
+    if (!t->writer && res.doubt == ENGINE_IN_DOUBT &&
         atomic_load (&race_window) == 1) {
       t->broken++;
       if (atomic_load (&race_failed))
@@ -1113,7 +1113,7 @@ race_run (void *arg)
      * libnbd.  A write sent before the window can only have been
      * answered; one sent in it is refused, not sent.
      */
-    if (t->writer && res.fate == ENGINE_IN_DOUBT) {
+    if (t->writer && res.doubt == ENGINE_IN_DOUBT) {
       if (atomic_load (&race_window) == 1) {
         atomic_fetch_add (&race_failed, 1);
         CHECK (0, "thread %d: a write the server answered in the window "
