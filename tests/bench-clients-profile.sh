@@ -48,16 +48,8 @@ perf stat -e 'syscalls:sys_enter_futex' true 2>/dev/null ||
 # with 64 per-client connections.
 ulimit -n "$(ulimit -Hn)"
 
-dir=$(mktemp -d /tmp/nbd-profile.XXXXXX)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  [ -n "${PROFILE_KEEP:-}" ] || rm -rf "$dir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$top/tests/bench-common.sh"
+bench_begin nbd-profile
 
 wait_ready() {
   local i

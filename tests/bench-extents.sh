@@ -14,15 +14,8 @@ case $plugin in /*) ;; *) plugin=$PWD/$plugin ;; esac
 rounds=${BENCH_ROUNDS:-3}
 py=/usr/bin/python3   # the one with libnbd's nbd module
 
-dir=$(mktemp -d /tmp/nbd-bench-extents.XXXXXX)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+. "$top/tests/bench-common.sh"
+bench_begin nbd-bench-extents
 
 cat > "$dir/client.py" <<'PY'
 import nbd, random, sys, time

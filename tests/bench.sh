@@ -78,18 +78,10 @@ for t in nbdkit fio nbdinfo nbdcopy qemu-nbd psktool python3; do
 done
 [ -f "$plugin" ] || { echo "bench: $plugin not built (run make)" >&2; exit 1; }
 
-dir=$(mktemp -d /tmp/nbd-bench.XXXXXX)
-pids=()
-stop_all() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-  rm -f "$dir"/*.sock
-}
-cleanup() { stop_all; rm -rf "$dir"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$top/tests/bench-common.sh"
+bench_begin nbd-bench
+# Between scenarios: the servers go, and their sockets with them.
+stop_servers() { stop_all; rm -f "$dir"/*.sock; }
 
 mkdir -p "$dir/res"
 psktool -u alice -p "$dir/keys.psk" >/dev/null 2>&1
@@ -230,7 +222,7 @@ wait_ready "nbd+unix:///?socket=$dir/server.sock"
 measure_startup c nbdkit -f "${threads[@]}" -U "$dir/start.sock" nbd socket="$dir/server.sock"
 measure_startup go nbdkit -f "${threads[@]}" -U "$dir/start.sock" "$plugin" socket="$dir/server.sock"
 measure_startup qemu qemu-nbd -t -k "$dir/start.sock" -f raw "nbd+unix:///?socket=$dir/server.sock"
-stop_all
+stop_servers
 
 for tr in $transports; do
   [ "$tr" = none ] && continue  # BENCH_TRANSPORTS=none: startup only
@@ -267,7 +259,7 @@ for tr in $transports; do
     [ -n "${rsspid[$t]:-}" ] || continue
     awk '/^VmHWM/ {print $2}' "/proc/${rsspid[$t]}/status" > "$dir/res/rss_${tr}_$t"
   done
-  stop_all
+  stop_servers
 done
 # run_fio_clients OUT URI N: 4k random reads, depth 4, on N connections.
 run_fio_clients() {
@@ -335,12 +327,14 @@ if [ -n "$clients" ]; then
   for t in $ctargets; do
     awk '/^VmHWM/ {print $2}' "/proc/${rsspid[$t]}/status" > "$dir/res/clients/rss_$t"
   done
-  stop_all
+  stop_servers
 fi
 echo "bench: took $(( $(date +%s) - started )) s" >&2
 
-python3 - "$dir/res" "$transports" <<'EOF'
+python3 - "$dir/res" "$transports" "$top/tests" <<'EOF'
 import json, os, statistics, sys
+sys.path.insert(0, sys.argv[3])
+from bench_table import print_table
 res = sys.argv[1]
 transports = [t for t in sys.argv[2].split() if t != "none"]
 wls = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32",
@@ -408,17 +402,14 @@ f = lambda x: "-" if x is None else "%.0f" % x
 rows.append(("startup ms (unix)", "-", f(s["c"]), f(s["go"]), f(s["qemu"]),
              "%+.0f" % (s["go"] - s["c"]) if s["go"] and s["c"] else "-", "-")
             + (("-", "-") if have_b else ()))
-w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
 print("IOPS/MiB/s, median of rounds; ratios: of IOPS, median of the rounds' (RSS, startup: ours-C)")
-for i, row in enumerate([hdr] + rows):
-    print("  ".join(str(x).ljust(w[k]) if k == 0 else str(x).rjust(w[k])
-                    for k, x in enumerate(row)))
-    if i == 0:
-        print("  ".join("-" * x for x in w))
+print_table(hdr, rows)
 EOF
 
-[ -z "$clients" ] || python3 - "$dir/res/clients" <<'EOF'
+[ -z "$clients" ] || python3 - "$dir/res/clients" "$top/tests" <<'EOF'
 import json, os, statistics, sys
+sys.path.insert(0, sys.argv[2])
+from bench_table import print_table
 res = sys.argv[1]
 runs = {}
 for f in os.listdir(res):
@@ -471,13 +462,8 @@ for sfx, label in modes:
                  "%+.1f" % (rg - rc) if rc and rg else "-", "", "", ""))
     rows.append(("%s threads at %d" % (label, maxn), f0(tc), f0(tg),
                  "%+.0f" % (tg - tc) if tc and tg else "-", "", "", ""))
-w = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
 print()
 print("Many clients (Unix socket): IOPS and 99th percentile completion latency,")
 print("median of rounds; RSS: VmHWM at the end; threads: most while %d ran" % maxn)
-for i, row in enumerate([hdr] + rows):
-    print("  ".join(str(x).ljust(w[k]) if k == 0 else str(x).rjust(w[k])
-                    for k, x in enumerate(row)))
-    if i == 0:
-        print("  ".join("-" * x for x in w))
+print_table(hdr, rows)
 EOF

@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"nbdkit-nbd-go-plugin/tests/internal/chans"
 )
 
 // plugin is the built .so, made absolute; NBDGO_PLUGIN=PATH tests
@@ -350,14 +352,7 @@ func (p *proc) uri() string {
 }
 
 // running reports whether the process has not exited.
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
+func (p *proc) running() bool { return !chans.Closed(p.done) }
 
 // wait waits for the process to exit and says how it did.
 func (p *proc) wait() error {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"nbdkit-nbd-go-plugin/tests/internal/chans"
 )
 
 // CPlugin names nbdkit's own C nbd plugin as the proxy under test: it
@@ -98,14 +100,7 @@ func (p *proxy) kill() {
 }
 
 // running says whether nbdkit has not exited.
-func (p *proxy) running() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
+func (p *proxy) running() bool { return !chans.Closed(p.exited) }
 
 // tail is the last n lines nbdkit wrote to stderr.
 func (p *proxy) tail(n int) string {
