@@ -21,7 +21,10 @@
 #  - another one (SRC has a go.mod, or is under one): that go.mod, copied
 #    into BUILDDIR with a require and a replace of nbdkit-nbd-go-plugin
 #    by this kit added, used with -modfile: the author's files are not
-#    changed;
+#    changed.  A module with a vendor/ directory is built in a mirror of
+#    it in BUILDDIR instead (its files linked, the go.mod copied), whose
+#    vendor/ adds the kit to the author's: -modfile would take vendor/
+#    from the author's module, whose modules.txt does not list the kit;
 #  - none: a module made in BUILDDIR, with SRC linked into it, that
 #    requires the kit only (so such a plugin imports only the standard
 #    library and the kit), in the language version of the Go building.
@@ -76,6 +79,33 @@ elif [ -n "$modpath" ]; then
   if [ -f "${gomod%.mod}.sum" ]; then cp "${gomod%.mod}.sum" "$buildabs/go.sum"; fi
   run "$GO" mod edit -require=nbdkit-nbd-go-plugin@v0.0.0 \
     -replace=nbdkit-nbd-go-plugin="$kit" "$buildabs/go.mod"
+  root=$(dirname "$gomod")
+  if [ -f "$root/vendor/modules.txt" ]; then
+    mirror=$buildabs/module
+    mkdir -p "$mirror/vendor"
+    for f in "$root"/* "$root"/.[!.]*; do
+      [ -e "$f" ] || continue
+      case ${f##*/} in go.mod|go.sum|vendor) continue ;; esac
+      ln -s "$f" "$mirror/${f##*/}"
+    done
+    for f in "$root"/vendor/*; do
+      case ${f##*/} in modules.txt|nbdkit-nbd-go-plugin) continue ;; esac
+      ln -s "$f" "$mirror/vendor/${f##*/}"
+    done
+    ln -s "$kit" "$mirror/vendor/nbdkit-nbd-go-plugin"
+    kitgo=$("$GO" mod edit -json "$kit/go.mod" | sed -n 's/^\t"Go": "\(.*\)",*$/\1/p')
+    # The author's modules.txt less any word of the kit, then the kit as
+    # `go mod vendor` would have written it.
+    { awk '/^# / { kit = ($2 == "nbdkit-nbd-go-plugin") } !kit' "$root/vendor/modules.txt"
+      printf '# nbdkit-nbd-go-plugin v0.0.0 => %s\n## explicit; go %s\n' "$kit" "${kitgo:-1.19}"
+      printf 'nbdkit-nbd-go-plugin/%s\n' nbdkit libnbd
+      printf '# nbdkit-nbd-go-plugin => %s\n' "$kit"
+    } > "$mirror/vendor/modules.txt"
+    mv "$buildabs/go.mod" "$mirror/go.mod"
+    if [ -f "$buildabs/go.sum" ]; then mv "$buildabs/go.sum" "$mirror/go.sum"; fi
+    rel=${src#"$root"}
+    godir=$mirror$rel modfile=
+  fi
 else
   godir=$buildabs/module pkg=./plugin
   mkdir -p "$godir"
@@ -87,7 +117,7 @@ else
 fi
 # Both builds take GO_LDFLAGS: an -X there may set what the header says.
 gobuild() {
-  (cd "$godir" && run "$GO" build $modfile -trimpath -buildvcs=false \
+  (cd "$godir" && run "$GO" build ${modfile:+"$modfile"} -trimpath -buildvcs=false \
     -ldflags="${GO_LDFLAGS:--buildid= -s -w}" "$@" "$pkg")
 }
 
@@ -111,7 +141,8 @@ rm -f "$buildabs/library.h"
 # GO_LIBRARY (the path embed.S's .incbin reads) is relative to.
 echo "cd $kit"
 # shellcheck disable=SC2086 # the flags are lists of words
-run $CC ${CPPFLAGS:-} ${CFLAGS:--O2 -g} ${LOADER_CFLAGS:-} $prefix_map \
+# $prefix_map is one word, whatever TMPDIR holds.
+run $CC ${CPPFLAGS:-} ${CFLAGS:--O2 -g} ${LOADER_CFLAGS:-} ${prefix_map:+"$prefix_map"} \
   ${LDFLAGS:-} -I"$build" -shared -o "$out" \
   -DGO_LIBRARY="\"$build/library.so\"" \
   loader/loader.c loader/forks.c loader/embed.S -ldl

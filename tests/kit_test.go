@@ -11,9 +11,11 @@ package tests
 // in one line.
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -185,40 +187,108 @@ func authorCopy(t *testing.T, edit func(string) string) string {
 
 // goPlugin runs `make go-plugin SRC=src OUT=out` in the kit and returns
 // its output and error.
-func goPlugin(t *testing.T, src, out string) (string, string, error) {
+func goPlugin(t *testing.T, src, out string, env ...string) (string, string, error) {
 	t.Helper()
 	need(t, "make", "cc")
-	return runOut(t, "make", "-s", "-C", kitDir, "go-plugin", "SRC="+src, "OUT="+out)
+	args := append(env, "make", "-s", "-C", kitDir, "go-plugin", "SRC="+src, "OUT="+out)
+	return runOut(t, "env", args...)
 }
 
-// A plugin directory outside the tree, without a go.mod and with one
-// that names the kit as README says, builds with `make go-plugin` into
-// one .so that serves in every mode (daemon and --run among them).
+// A plugin directory outside the tree, without a go.mod, with one that
+// names the kit as README says, and with one whose module vendors its
+// dependencies (vendor/ knows nothing of the kit), builds with `make
+// go-plugin` into one .so that serves in every mode (daemon and --run
+// among them), and so it does with spaces in TMPDIR, SRC and OUT.
 func TestKitOutOfTree(t *testing.T) {
 	need(t, "nbdkit")
-	for _, c := range []struct{ name, gomod string }{
-		{"no-go.mod", ""},
-		{"own-go.mod", "module example.com/myplugin\n\ngo 1.19\n\nrequire nbdkit-nbd-go-plugin v0.0.0\n"},
+	const kitGoMod = "module example.com/myplugin\n\ngo 1.19\n\nrequire nbdkit-nbd-go-plugin v0.0.0\n"
+	// A module vendoring a dependency of its own (a local one: no
+	// network), which main.go imports.
+	const vendorGoMod = "module example.com/myplugin\n\ngo 1.19\n\nrequire example.com/dep v0.0.0\n\nreplace example.com/dep => ../dep\n"
+	const modulesTxt = "# example.com/dep v0.0.0 => ../dep\n## explicit; go 1.19\nexample.com/dep\n# example.com/dep => ../dep\n"
+	const depGo = "package dep\n\n// Name is the plugin's name.\nconst Name = \"myplugin\"\n"
+	for _, c := range []struct {
+		name, gomod string
+		vendor      bool
+		spaces      bool
+	}{
+		{name: "no-go.mod"},
+		{name: "own-go.mod", gomod: kitGoMod},
+		{name: "vendor", gomod: vendorGoMod, vendor: true},
+		{name: "spaces", gomod: kitGoMod, spaces: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			src := authorCopy(t, func(s string) string { return s })
+			src := authorCopy(t, func(s string) string {
+				if c.vendor {
+					s = strings.Replace(s, "import (", "import (\n\t_ \"example.com/dep\"", 1)
+				}
+				return s
+			})
+			out := t.TempDir()
+			var env []string // for the build
+			if c.spaces {
+				spaced := filepath.Join(filepath.Dir(src), "my plugin")
+				if err := os.Rename(src, spaced); err != nil {
+					t.Fatal(err)
+				}
+				src = spaced
+				out = filepath.Join(out, "out dir")
+				tmp := filepath.Join(t.TempDir(), "tmp dir")
+				for _, d := range []string{out, tmp} {
+					if err := os.Mkdir(d, 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+				env = append(env, "TMPDIR="+tmp)
+			}
 			if c.gomod != "" {
 				writeFile(t, filepath.Join(src, "go.mod"), c.gomod)
 			}
-			so := filepath.Join(t.TempDir(), "nbdkit-myplugin-plugin.so")
-			if stdout, stderr, err := goPlugin(t, src, so); err != nil {
+			want := []string{"main.go"}
+			if c.gomod != "" {
+				want = append(want, "go.mod")
+			}
+			if c.vendor {
+				dep := filepath.Join(filepath.Dir(src), "dep")
+				for _, d := range []string{dep, filepath.Join(src, "vendor", "example.com", "dep")} {
+					if err := os.MkdirAll(d, 0o755); err != nil {
+						t.Fatal(err)
+					}
+					writeFile(t, filepath.Join(d, "dep.go"), depGo)
+				}
+				writeFile(t, filepath.Join(dep, "go.mod"), "module example.com/dep\n\ngo 1.19\n")
+				writeFile(t, filepath.Join(src, "vendor", "modules.txt"), modulesTxt)
+				want = append(want, "vendor", "vendor/example.com", "vendor/example.com/dep",
+					"vendor/example.com/dep/dep.go", "vendor/modules.txt")
+			}
+			so := filepath.Join(out, "nbdkit-myplugin-plugin.so")
+			if stdout, stderr, err := goPlugin(t, src, so, env...); err != nil {
 				t.Fatalf("make go-plugin: %v\n%s%s", err, stdout, stderr)
 			}
 			// The author's directory is as it was: no file added or changed.
-			want := 1 // main.go
-			if c.gomod != "" {
-				want++
-			}
-			if names, _ := filepath.Glob(filepath.Join(src, "*")); len(names) != want {
-				t.Errorf("the build left files in the plugin's directory: %v", names)
+			var names []string
+			filepath.WalkDir(src, func(path string, _ fs.DirEntry, _ error) error {
+				if rel, _ := filepath.Rel(src, path); rel != "." {
+					names = append(names, rel)
+				}
+				return nil
+			})
+			sort.Strings(names)
+			sort.Strings(want)
+			if strings.Join(names, " ") != strings.Join(want, " ") {
+				t.Errorf("the plugin's directory holds %v after the build, not %v", names, want)
 			}
 			if c.gomod != "" && readFile(t, filepath.Join(src, "go.mod")) != c.gomod {
 				t.Error("the build changed the author's go.mod")
+			}
+			if c.vendor && readFile(t, filepath.Join(src, "vendor", "modules.txt")) != modulesTxt {
+				t.Error("the build changed the author's vendor/modules.txt")
+			}
+			for _, e := range env {
+				tmp := strings.TrimPrefix(e, "TMPDIR=")
+				if left, _ := filepath.Glob(filepath.Join(tmp, "*")); len(left) != 0 {
+					t.Errorf("the build left %v in TMPDIR", left)
+				}
 			}
 
 			// The temporary build directory is gone: the .so is all
