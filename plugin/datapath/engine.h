@@ -10,12 +10,8 @@
  * whichever commands they belong to.  engine.c says how.
  *
  * Why not a reader thread per connection, as nbdkit's C nbd plugin has:
- * every request would then cost a hand-off to that thread and back.
- * Measured per 4k read at depth 32 over a Unix socket (perf stat of the
- * proxy, README "Speed"): the C plugin makes 4.2 futex calls, 2.9-3.2
- * context switches and a pipe write and read per request; this engine
- * 2.4 futex calls, 1.55 context switches and no pipe, for 1.17-1.24
- * times the C plugin's IOPS.
+ * every request would then cost a hand-off to that thread and back
+ * (README, "Speed", has what that costs).
  *
  * Invariants
  *
@@ -70,10 +66,9 @@
  *  engine_shut_down does the same for a connection whose server said so
  *  on another one (server_shutdown tells the two apart).
  *
- *  What a failed command may still do.  NBD cannot cancel a command, and
- *  a server may carry out a command it has read after the connection has
- *  ended (qemu-nbd applies a pending write after it has closed the
- *  connection).  So a command the connection's end failed is reported
+ *  What a failed command may still do.  A server may carry out a
+ *  command it has read after the connection has ended (doubt.h says
+ *  why).  So a command the connection's end failed is reported
  *  ENGINE_IN_DOUBT when it was sent and not answered, and ENGINE_NOT_DONE
  *  only when it certainly will not be carried out: it never wholly left
  *  this process (libnbd refused it, or the connection died in the very
@@ -83,7 +78,7 @@
  *  it.  The last rests on the protocol: a server shutting down services
  *  its requests in flight before it disconnects, so what it left
  *  unanswered it will not do.  doubt.h has the rule for writes built on
- *  this.
+ *  this; this is the one place that tells the two apart.
  *
  * Not thread-safe: engine_new and engine_close (no command may be
  * running).  Thread-safe: everything else.

@@ -495,8 +495,78 @@ send_once (struct client *c, struct link *l, struct engine_request *req,
   return outcome;
 }
 
+/* Before l serves anything, it repairs what a failed connection to the
+ * disk may have lost (kept.h).  0, or the errno for the client (*text
+ * says why); when l failed under the repair, ENGINE_CONN_FAILED in *res
+ * (the request was not sent: it is not in doubt).
+ */
+static int
+repair_first (struct path *p, struct link *l, int64_t bound,
+              struct engine_result *res, char **text)
+{
+  if (!p->keeps || !kept_orphans (p->disk))
+    return 0;
+  switch (kept_repair (l->fate, l->engine, bound, text)) {
+  case REPAIR_FAILED:
+    return EIO;
+  case REPAIR_CONN_FAILED:
+    *res = (struct engine_result) {
+      .outcome = ENGINE_CONN_FAILED, .errnum = EIO,
+      .doubt = ENGINE_NOT_DONE, .msg = *text,
+    };
+    *text = NULL;
+    fate_ended (l->fate);
+    break;
+  }
+  return 0;
+}
+
+/* reconnect-delay's window from now: how long a request may go on
+ * after its connection failed, and a write wait for a doubt.
+ */
+static int64_t
+window_from_now (void)
+{
+  return engine_now_ms () + settings.reconnect_ms;
+}
+
+/* The failover step: l failed under a request (res says how).  Passes
+ * a server's shutdown on to the other connections, and with
+ * reconnect-delay logs the failure (once per connection) and waits for
+ * the connection to go on with, until *window: the first failure starts
+ * it again (libnbd fails every command at once when a connection dies,
+ * so that is now).  Releases l; returns the next connection, or NULL:
+ * none came, or there is no reconnect-delay (res->msg then says why).
+ */
+static struct link *
+fail_over (struct path *p, struct link *l, struct engine_result *res,
+           int64_t *window, int *failed)
+{
+  struct link *next = NULL;
+
+  if (res->server_shutdown)
+    stop_others (p, l);
+  if (settings.reconnect_ms > 0) {
+    if (!*failed)
+      *window = window_from_now ();
+    *failed = 1;
+    log_failure (p, l, res->msg);
+    free (res->msg);
+    res->msg = NULL;
+    /* Past the window a request is not sent again, even on a connection
+     * someone else dialed: it ends within reconnect-delay plus twice
+     * timeout.
+     */
+    if (engine_now_ms () < *window)
+      next = replacement (p, l, *window);
+  }
+  release (p, l);
+  return next;
+}
+
 /* Run a request, on a new connection as often as reconnect-delay
- * allows.  Returns 0 or the errno for the client (*msg says why).
+ * allows: repair, fence, send, fail over.  Returns 0 or the errno for
+ * the client (*msg says why).
  */
 static int
 serve (struct client *c, struct engine_request *req, struct served *sv,
@@ -504,90 +574,51 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
 {
   struct path *p = c->path;
   struct disk *d = p->disk;
-  struct engine_result res = { .outcome = ENGINE_OK };
-  struct link *l = acquire (p), *next;
+  struct engine_result res;
+  struct link *l = acquire (p);
   int64_t now = engine_now_ms ();
-  /* reconnect-delay's deadline, from the first failure: libnbd fails
-   * every command at once when the connection dies or is ended, and
-   * refuses new ones, so that is now.
-   */
-  int64_t deadline = -1;
+  int64_t window = window_from_now ();
+  int failed = 0;
   /* Waiting for another write or a repair keeps within the request's
    * bounds (reconnect-delay plus twice timeout, if timeout is set): it
    * leaves one timeout for its own send.
    */
-  int64_t bound = settings.timeout_ms > 0 ? now + settings.reconnect_ms + settings.timeout_ms : -1;
+  int64_t bound = settings.timeout_ms > 0 ?
+    now + settings.reconnect_ms + settings.timeout_ms : -1;
   /* A write's place in the order of writes; its id is unique while it
    * runs.
    */
   struct sending s = { .offset = req->offset, .end = req->offset + req->count };
   struct sending *w = is_write (req->op) ? &s : NULL;
   char *text = NULL;
-  int r = 0, outcome;
+  int r = 0;
 
   s.id = (uintptr_t) &s;
   *sv = (struct served) { 0 };
   for (;;) {
-    /* A connection serves nothing before it has repaired what a failed
-     * one may have lost (kept.h).
-     */
-    outcome = ENGINE_OK;
-    if (p->keeps && kept_orphans (d)) {
-      switch (kept_repair (l->fate, l->engine, bound, &text)) {
-      case REPAIR_FAILED:
-        r = EIO;
-        break;
-      case REPAIR_CONN_FAILED:
-        /* This request was not sent: it is not in doubt. */
-        outcome = ENGINE_CONN_FAILED;
-        res = (struct engine_result) {
-          .outcome = ENGINE_CONN_FAILED, .errnum = EIO,
-          .doubt = ENGINE_NOT_DONE, .msg = text,
-        };
-        text = NULL;
-        fate_ended (l->fate);
-        break;
-      }
-      if (r)
-        break;
-    }
-    if (outcome != ENGINE_CONN_FAILED) {
-      if (w && (r = write_begin (d, w, p->keeps,
-                                 deadline >= 0 ? deadline : now + settings.reconnect_ms,
-                                 bound, &text)) != 0)
+    res = (struct engine_result) { .outcome = ENGINE_OK };
+    if ((r = repair_first (p, l, bound, &res, &text)) != 0)
+      break;
+    if (res.outcome != ENGINE_CONN_FAILED) {
+      if (w && (r = write_begin (d, w, p->keeps, window, bound, &text)) != 0)
         break;
       free (req->entries);
       req->entries = NULL;
       req->nr_entries = 0;
-      outcome = send_once (c, l, req, w, bound, &res, sv);
-      if (outcome != ENGINE_CONN_FAILED)
+      if (send_once (c, l, req, w, bound, &res, sv) != ENGINE_CONN_FAILED)
         break;
       if (!w)
         fate_ended (l->fate);
-      if (res.doubt == -1)       /* a doubt could not be recorded */
+      if (res.doubt == -1)      /* a doubt could not be recorded */
         break;
     }
-    if (res.server_shutdown)
-      stop_others (p, l);
-    if (settings.reconnect_ms == 0)
-      break;
-    if (deadline < 0)
-      deadline = engine_now_ms () + settings.reconnect_ms;
-    log_failure (p, l, res.msg);
-    free (res.msg);
-    res.msg = NULL;
-    /* Past the deadline a request is not sent again, even on a
-     * connection someone else dialed: it ends within reconnect-delay
-     * plus twice timeout.
-     */
-    next = engine_now_ms () < deadline ? replacement (p, l, deadline) : NULL;
-    release (p, l);
-    l = next;
-    if (l == NULL) {
-      if (asprintf (&text, "no working server connection within "
-                    "reconnect-delay=%g", settings.reconnect_ms / 1000.0) == -1)
-        text = NULL;
-      r = EIO;
+    if ((l = fail_over (p, l, &res, &window, &failed)) == NULL) {
+      if (settings.reconnect_ms > 0) {
+        if (asprintf (&text, "no working server connection within "
+                      "reconnect-delay=%g", settings.reconnect_ms / 1000.0) == -1)
+          text = NULL;
+        r = EIO;
+      }
       break;
     }
   }
