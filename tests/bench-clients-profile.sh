@@ -51,15 +51,6 @@ ulimit -n "$(ulimit -Hn)"
 . "$top/tests/bench-common.sh"
 bench_begin nbd-profile
 
-wait_ready() {
-  local i
-  for i in $(seq 1000); do
-    nbdinfo --size "$1" >/dev/null 2>&1 && return 0
-    sleep 0.01
-  done
-  echo "profile: $1 never became ready" >&2
-  return 1
-}
 
 # nthreads PID: its thread count.
 nthreads() {

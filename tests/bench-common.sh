@@ -25,3 +25,15 @@ bench_end() {
   stop_all
   [ -n "${BENCH_KEEP:-}" ] || rm -rf "$dir"
 }
+
+# wait_ready URI: until nbdinfo --size succeeds through URI (10 s at
+# most: a server that does not come fails the benchmark).
+wait_ready() {
+  local i
+  for i in $(seq 1000); do
+    nbdinfo --size "$1" >/dev/null 2>&1 && return 0
+    sleep 0.01
+  done
+  echo "${0##*/}: $1 never became ready" >&2
+  return 1
+}

@@ -91,16 +91,6 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# wait_ready URI [ARGS...]: until nbdinfo --size succeeds through URI.
-wait_ready() {
-  local u=$1 i
-  for i in $(seq 1000); do
-    nbdinfo --size "$u" >/dev/null 2>&1 && return 0
-    sleep 0.01
-  done
-  echo "bench: $u never became ready" >&2
-  return 1
-}
 
 # The workloads: name rw bs iodepth.
 workloads=(
