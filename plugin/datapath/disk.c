@@ -98,11 +98,8 @@ fate_ended (struct fate *f)
 void
 fate_end (struct fate *f)
 {
-  struct disk *d;
+  struct disk *d = f->disk;
 
-  if (f == NULL)
-    return;
-  d = f->disk;
   pthread_mutex_lock (&d->lock);
   f->done = 1;
   doubts_sweep (d);
@@ -123,11 +120,8 @@ fate_unref (struct fate *f)
 void
 fate_put (struct fate *f)
 {
-  struct disk *d;
+  struct disk *d = f->disk;
 
-  if (f == NULL)
-    return;
-  d = f->disk;
   pthread_mutex_lock (&d->lock);
   /* A connection closed politely leaves its kept writes to no one: its
    * client has gone, and the server has them (kept.h).
