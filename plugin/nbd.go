@@ -25,21 +25,21 @@ import (
 // Version is the plugin's version.
 var Version = "unknown" // set by the Makefile (-X) from ../VERSION
 
-// conn is one client's state: its server connection (its own, or the
-// shared one), its data path over it, and whether the client is
-// read-only.
-type conn struct {
+// client is one client's state (a client's connection to nbdkit): its
+// upstream (its own, or the shared one), its data path over it, and
+// whether the client is read-only.
+type client struct {
 	up       *upstream
 	data     datapath.Client
 	readonly bool
 }
 
-// sharedConn is the one server connection of shared=true, opened after
+// sharedUpstream is the one upstream of shared=true, opened after
 // nbdkit forks and closed at unload.
-var sharedConn *upstream
+var sharedUpstream *upstream
 
 // Plugin is the plugin, for nbdkit.Register.
-var Plugin = &nbdkit.Plugin[*conn]{
+var Plugin = &nbdkit.Plugin[*client]{
 	Name:           "nbd-go",
 	Longname:       "nbdkit NBD proxy plugin in Go",
 	Version:        Version,
@@ -61,17 +61,17 @@ var Plugin = &nbdkit.Plugin[*conn]{
 	DefaultExport:  defaultExport,
 
 	Open:              open,
-	Close:             closeConn,
+	Close:             closeClient,
 	ExportDescription: exportDescription,
 	GetSize:           getSize,
 	BlockSize:         blockSize,
 	CanWrite:          canWrite,
-	CanFlush:          func(c *conn) (bool, error) { return c.up.facts.flush, nil },
-	IsRotational:      func(c *conn) (bool, error) { return c.up.facts.rotational, nil },
-	CanTrim:           func(c *conn) (bool, error) { return c.up.facts.trim, nil },
-	CanZero:           func(c *conn) (bool, error) { return c.up.facts.zero, nil },
-	CanFastZero:       func(c *conn) (bool, error) { return c.up.facts.fastZero, nil },
-	CanMultiConn:      func(c *conn) (bool, error) { return c.up.facts.multiConn, nil },
+	CanFlush:          func(c *client) (bool, error) { return c.up.facts.flush, nil },
+	IsRotational:      func(c *client) (bool, error) { return c.up.facts.rotational, nil },
+	CanTrim:           func(c *client) (bool, error) { return c.up.facts.trim, nil },
+	CanZero:           func(c *client) (bool, error) { return c.up.facts.zero, nil },
+	CanFastZero:       func(c *client) (bool, error) { return c.up.facts.fastZero, nil },
+	CanMultiConn:      func(c *client) (bool, error) { return c.up.facts.multiConn, nil },
 	CanExtents:        canExtents,
 	CanFUA:            canFUA,
 	CanCache:          canCache,
@@ -80,7 +80,7 @@ var Plugin = &nbdkit.Plugin[*conn]{
 }
 
 // direct gives the loader the connection's data path.
-func direct(c *conn) unsafe.Pointer { return c.data.Ops() }
+func direct(c *client) unsafe.Pointer { return c.data.Ops() }
 
 func dumpPlugin() {
 	h, err := libnbd.Create()
@@ -102,14 +102,14 @@ func afterFork() error {
 	if err != nil {
 		return err
 	}
-	sharedConn = up
+	sharedUpstream = up
 	return nil
 }
 
 func unload() {
-	if sharedConn != nil {
-		sharedConn.close()
-		sharedConn = nil
+	if sharedUpstream != nil {
+		sharedUpstream.close()
+		sharedUpstream = nil
 	}
 }
 
@@ -161,8 +161,8 @@ func defaultExport(readonly, isTLS bool) (string, error) {
 	return name, nil
 }
 
-func open(readonly bool) (*conn, error) {
-	up := sharedConn
+func open(readonly bool) (*client, error) {
+	up := sharedUpstream
 	if !cfg.shared {
 		export := cfg.export
 		if cfg.dynamicExport {
@@ -179,18 +179,18 @@ func open(readonly bool) (*conn, error) {
 	}
 	data, err := up.newClient()
 	if err != nil {
-		if up != sharedConn {
+		if up != sharedUpstream {
 			up.close()
 		}
 		return nil, err
 	}
-	return &conn{up: up, data: data, readonly: readonly}, nil
+	return &client{up: up, data: data, readonly: readonly}, nil
 }
 
-// closeConn ends a client's own server connection politely.
-func closeConn(c *conn) {
+// closeClient ends a client's own server connection politely.
+func closeClient(c *client) {
 	c.data.Free()
-	if c.up != sharedConn {
+	if c.up != sharedUpstream {
 		c.up.close()
 	}
 }
@@ -198,27 +198,27 @@ func closeConn(c *conn) {
 // The export's properties are those of the first connection, which a
 // replacement connection must match (see upstream.go).
 
-func exportDescription(c *conn) (string, error) { return c.up.facts.description, nil }
+func exportDescription(c *client) (string, error) { return c.up.facts.description, nil }
 
-func getSize(c *conn) (int64, error) { return c.up.facts.size, nil }
+func getSize(c *client) (int64, error) { return c.up.facts.size, nil }
 
-func blockSize(c *conn) (uint32, uint32, uint32, error) {
+func blockSize(c *client) (uint32, uint32, uint32, error) {
 	f := &c.up.facts
 	return f.minimum, f.preferred, f.maximum, nil
 }
 
-func canWrite(c *conn) (bool, error) { return !c.up.facts.readOnly && !c.readonly, nil }
+func canWrite(c *client) (bool, error) { return !c.up.facts.readOnly && !c.readonly, nil }
 
-func canExtents(c *conn) (bool, error) { return c.up.facts.alloc, nil }
+func canExtents(c *client) (bool, error) { return c.up.facts.alloc, nil }
 
-func canFUA(c *conn) (nbdkit.FUAMode, error) {
+func canFUA(c *client) (nbdkit.FUAMode, error) {
 	if c.up.facts.fua {
 		return nbdkit.FUANative, nil
 	}
 	return nbdkit.FUANone, nil
 }
 
-func canCache(c *conn) (nbdkit.CacheMode, error) {
+func canCache(c *client) (nbdkit.CacheMode, error) {
 	if c.up.facts.cache {
 		return nbdkit.CacheNative, nil
 	}

@@ -8,14 +8,16 @@
  * Words, as every file here and in Go uses them:
  *  - client: one nbdkit client's connection to nbdkit (struct client),
  *    whose struct nbdkitgo_direct the loader calls for every data
- *    request.
+ *    request; in Go datapath.Client, within package plugin's client.
  *  - server connection: one connection of the plugin to the server;
  *    struct link (serve.c) holds it, with the requests using it.
  *  - engine: the command engine on one server connection (engine.h),
  *    which many threads use at once.
  *  - path: the way of a client's requests to the server (struct path):
  *    its current server connection, replaced when it fails (with
- *    reconnect-delay); every client shares one with shared=true.
+ *    reconnect-delay); every client shares one with shared=true.  In Go
+ *    datapath.Path; package plugin's upstream is a path with what its
+ *    first server connection said about the disk.
  *  - disk: one export of the server, across every server connection to
  *    it (disk.h); one per export name with dynamic-export.
  *  - fate: a server connection's record on its disk, which outlives it
