@@ -79,10 +79,17 @@ class_of (uint64_t count)
   return c < POOL_CLASSES ? c : -1;
 }
 
+/* The bytes a blob of class c holding count bytes takes. */
+static uint64_t
+class_bytes (int c, uint64_t count)
+{
+  return c >= 0 ? (uint64_t) 1 << (POOL_MIN_SHIFT + c) : count;
+}
+
 static uint64_t
 capacity (const struct blob *b)
 {
-  return b->class >= 0 ? (uint64_t) 1 << (POOL_MIN_SHIFT + b->class) : b->size;
+  return class_bytes (b->class, b->size);
 }
 
 /* Copies from this size on bypass the CPU's caches (below). */
@@ -126,7 +133,7 @@ blob_copy (const void *buf, uint64_t count)
   struct blob *b = NULL;
   int64_t limit = settings.repair_memory;
   int c = class_of (count);
-  uint64_t cap = c >= 0 ? (uint64_t) 1 << (POOL_MIN_SHIFT + c) : count;
+  uint64_t cap = class_bytes (c, count);
 
   if (limit <= 0 || atomic_load (&total) + (int64_t) cap > 2 * limit)
     return NULL;

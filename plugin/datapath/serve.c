@@ -521,13 +521,13 @@ repair_first (struct path *p, struct link *l, int64_t bound,
   return 0;
 }
 
-/* reconnect-delay's window from now: how long a request may go on
+/* reconnect-delay's window from now_ms: how long a request may go on
  * after its connection failed, and a write wait for a doubt.
  */
 static int64_t
-window_from_now (void)
+window_from (int64_t now_ms)
 {
-  return engine_now_ms () + settings.reconnect_ms;
+  return now_ms + settings.reconnect_ms;
 }
 
 /* The failover step: l failed under a request (res says how).  Passes
@@ -548,7 +548,7 @@ fail_over (struct path *p, struct link *l, struct engine_result *res,
     stop_others (p, l);
   if (settings.reconnect_ms > 0) {
     if (!*failed)
-      *window = window_from_now ();
+      *window = window_from (engine_now_ms ());
     *failed = 1;
     log_failure (p, l, res->msg);
     free (res->msg);
@@ -577,7 +577,7 @@ serve (struct client *c, struct engine_request *req, struct served *sv,
   struct engine_result res;
   struct link *l = acquire (p);
   int64_t now = engine_now_ms ();
-  int64_t window = window_from_now ();
+  int64_t window = window_from (now);
   int failed = 0;
   /* Waiting for another write or a repair keeps within the request's
    * bounds (reconnect-delay plus twice timeout, if timeout is set): it
